@@ -1,0 +1,5 @@
+import sys
+
+from kinetix.cli.main import main
+
+sys.exit(main())

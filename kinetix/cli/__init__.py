@@ -1,0 +1,1 @@
+"""The ``kinetix`` command-line tool (see :mod:`kinetix.cli.main`)."""

@@ -1,0 +1,43 @@
+"""``kinetix convert``: turn an official / mmaction2 / Hugging Face / torchvision / scenic checkpoint
+into a kinetix safetensors file that loads strictly into the named model."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="convert a foreign checkpoint to kinetix safetensors",
+        description="Convert a checkpoint from an official repository, mmaction2, "
+        "Hugging Face, torchvision or scenic (npz) into a kinetix .safetensors file. "
+        "The result is verified to load strictly before it is written. Pickled files "
+        "are read with torch.load(weights_only=True): no code is executed.",
+    )
+    p.add_argument("--model", required=True, help="registered model name, e.g. tsm_r50")
+    p.add_argument("--src", required=True, help="source checkpoint (.pth/.pyth/.pt/.bin/.safetensors/.npz)")
+    p.add_argument("--out", required=True, help="output .safetensors path")
+    p.add_argument("--num-frames", type=int, default=None, help="frames the model is built for")
+    p.add_argument(
+        "--num-classes", type=int, default=None, help="classifier size (default: taken from the checkpoint)"
+    )
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from kinetix.errors import ConfigError
+    from kinetix.models import convert_checkpoint, create_model
+
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise ConfigError(f"--out must end in .safetensors, got {out}")
+    if out.exists() and not args.force:
+        raise ConfigError(f"{out} exists; pass --force to overwrite it")
+    kwargs = {k: v for k, v in (("num_frames", args.num_frames), ("num_classes", args.num_classes)) if v}
+    model = create_model(args.model, **kwargs)
+    convert_checkpoint(model, args.src, out)
+    n = sum(p.numel() for p in model.state_dict().values())
+    print(f"wrote {out} ({len(model.state_dict())} tensors, {n / 1e6:.2f} M values) for {args.model}")
+    return 0

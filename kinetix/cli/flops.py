@@ -1,0 +1,36 @@
+"""``kinetix flops MODEL``: GMACs (multiply-adds, the papers' "FLOPs") and params of one view."""
+
+from __future__ import annotations
+
+import json
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "flops",
+        help="GMACs and params of a model",
+        description="Count GMACs (multiply-accumulates, what papers call FLOPs) and "
+        "parameters of one forward pass (batch 1), attention included.",
+    )
+    p.add_argument("model", help="registered model name, e.g. tsm_r50")
+    p.add_argument("--frames", type=int, default=None, help="frames per clip (default: the model's)")
+    p.add_argument("--size", type=int, default=None, help="input height=width (default: the model's)")
+    p.add_argument("--num-classes", type=int, default=None, help="classifier size (default: the model's)")
+    p.add_argument("--json", action="store_true", help='print {"gmacs": ..., "params": ...}')
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from kinetix.errors import ConfigError
+    from kinetix.models._complexity import model_complexity
+
+    for flag, v in (("--frames", args.frames), ("--size", args.size), ("--num-classes", args.num_classes)):
+        if v is not None and v <= 0:
+            raise ConfigError(f"{flag} must be a positive integer, got {v}")
+    kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
+    res = model_complexity(args.model, num_frames=args.frames, input_size=args.size, **kwargs)
+    if args.json:
+        print(json.dumps(res.to_dict()))
+    else:
+        print(f"{args.model}: {res.gmacs:.2f} GMACs, {res.params / 1e6:.2f} M params")
+    return 0

@@ -1,0 +1,60 @@
+"""``kinetix`` command line. Each subcommand lives in its own module of this package and exposes
+``register(subparsers)``, which adds its parser and sets ``func`` to a thin wrapper over library code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+from kinetix import __version__
+from kinetix.errors import KinetixError
+
+# Order in `kinetix --help`; modules not listed here follow alphabetically.
+_ORDER = ("demo", "train", "test", "predict", "detect", "models", "flops", "data", "convert")
+
+
+def _command_modules():
+    import kinetix.cli as pkg
+
+    names = [
+        m.name for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_") and m.name != "main"
+    ]
+    names.sort(key=lambda n: (_ORDER.index(n) if n in _ORDER else len(_ORDER), n))
+    return [importlib.import_module(f"kinetix.cli.{n}") for n in names]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kinetix",
+        description="Efficient video understanding: train, evaluate, predict, benchmark.",
+    )
+    parser.add_argument("--version", action="version", version=f"kinetix {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for mod in _command_modules():
+        register = getattr(mod, "register", None)
+        if register is not None:
+            register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KinetixError as e:
+        print(f"kinetix {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Strict flat-YAML experiment configs."""

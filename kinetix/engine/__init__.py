@@ -1,0 +1,1 @@
+"""Training and evaluation on Lightning: modules, data modules, optimisers, metrics, multi-view."""

@@ -1,0 +1,39 @@
+"""Recognisers and the model registry. Importing this package registers every model."""
+
+from ._builder import convert_checkpoint, load_checkpoint, load_pretrained, save_model_weights
+from ._pretrained import PretrainedCfg
+from ._registry import (
+    create_model,
+    get_pretrained_cfg,
+    is_model,
+    list_models,
+    model_entrypoint,
+    register_model,
+)
+
+
+def _import_families() -> None:
+    """Import every public module of this package: each model file registers its entry points."""
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.iter_modules(__path__):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+_import_families()
+
+__all__ = [
+    "PretrainedCfg",
+    "convert_checkpoint",
+    "create_model",
+    "get_pretrained_cfg",
+    "is_model",
+    "list_models",
+    "load_checkpoint",
+    "load_pretrained",
+    "model_entrypoint",
+    "register_model",
+    "save_model_weights",
+]

@@ -1,0 +1,135 @@
+"""Loading weights into registered models and converting foreign checkpoints.
+
+Each model file may define ``checkpoint_filter_fn(state_dict, model) -> state_dict`` that maps a
+foreign layout (official repo, mmaction2, Hugging Face, torchvision, scenic) onto kinetix names.
+Loading is strict: a mismatch is an error that lists the missing and unexpected keys.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from kinetix.errors import CheckpointError
+from kinetix.utils.state_dict import read_safetensors_metadata, read_state_dict, save_safetensors
+
+from ._pretrained import PretrainedCfg
+
+
+def filter_fn_for(model: nn.Module):
+    """The ``checkpoint_filter_fn`` of the file that defines ``type(model)`` (or ``None``)."""
+    return getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+
+
+def _short(keys, n=8) -> str:
+    keys = sorted(keys)
+    return ", ".join(keys[:n]) + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
+
+
+def convert_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map ``state_dict`` onto ``model``'s names with the model file's filter (if the keys differ)."""
+    own = model.state_dict()
+    if set(state_dict) == set(own):
+        return dict(state_dict)
+    fn = filter_fn_for(model)
+    return dict(fn(state_dict, model)) if fn is not None else dict(state_dict)
+
+
+def load_state_dict_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str = "") -> None:
+    """``load_state_dict(strict=True)`` with a readable error (missing/unexpected/shape keys).
+
+    When the only mismatch is the classifier's shape, the classifier is reset to the checkpoint's
+    number of classes first (``model.reset_classifier``)."""
+    own = model.state_dict()
+    bad_shape = [k for k, v in state_dict.items() if k in own and own[k].shape != v.shape]
+    head = _classifier_keys(model)
+    if bad_shape and head and set(bad_shape) <= head and hasattr(model, "reset_classifier"):
+        weight_key = next(k for k in sorted(head) if k.endswith("weight"))
+        model.reset_classifier(int(state_dict[weight_key].shape[0]))
+        if hasattr(model, "pretrained_cfg"):
+            model.pretrained_cfg = model.pretrained_cfg.replace(
+                num_classes=int(state_dict[weight_key].shape[0])
+            )
+        own = model.state_dict()
+        bad_shape = [k for k, v in state_dict.items() if k in own and own[k].shape != v.shape]
+    missing = set(own) - set(state_dict)
+    unexpected = set(state_dict) - set(own)
+    if missing or unexpected or bad_shape:
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {_short(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {_short(unexpected)}")
+        if bad_shape:
+            parts.append(
+                "shape mismatch: "
+                + _short(
+                    f"{k} {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}" for k in bad_shape
+                )
+            )
+        raise CheckpointError(
+            f"{source or 'checkpoint'} does not fit {type(model).__name__}: "
+            + "; ".join(parts)
+            + ". Check the model name and its arguments (num_frames, num_classes, variant)."
+        )
+    model.load_state_dict(state_dict, strict=True)
+
+
+def _classifier_keys(model: nn.Module) -> set[str]:
+    get = getattr(model, "get_classifier", None)
+    head = get() if callable(get) else None
+    if not isinstance(head, nn.Module):
+        return set()
+    for prefix, mod in model.named_modules():
+        if mod is head:
+            return {f"{prefix}.{k}" for k in head.state_dict()}
+    return set()
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load a weights file (kinetix safetensors or a foreign checkpoint) into ``model`` strictly."""
+    sd = read_state_dict(path)
+    load_state_dict_strict(model, convert_state_dict(model, sd), source=str(path))
+    return model
+
+
+def load_pretrained(model: nn.Module, cfg: PretrainedCfg) -> nn.Module:
+    """Load the weights a :class:`PretrainedCfg` points at (local file, or the hub when online)."""
+    if cfg.file and Path(cfg.file).exists():
+        return load_checkpoint(model, cfg.file)
+    if cfg.hf_hub_id:
+        try:
+            from huggingface_hub import hf_hub_download
+        except ImportError as e:
+            raise CheckpointError(
+                "pretrained weights live on the Hugging Face hub: `pip install kinetix[hub]`"
+            ) from e
+        path = hf_hub_download(cfg.hf_hub_id, cfg.file or "model.safetensors")
+        return load_checkpoint(model, path)
+    raise CheckpointError(
+        f"no pretrained weights are published for tag {cfg.tag!r} of this model; convert an official "
+        "checkpoint with `kinetix convert` and pass it as checkpoint=..."
+    )
+
+
+def save_model_weights(model: nn.Module, path: str | Path, extra_metadata: dict | None = None) -> Path:
+    """Save ``model``'s weights (+ name and PretrainedCfg as metadata) as safetensors, atomically."""
+    meta = {"format": "pt", "kinetix_model": getattr(model, "model_name", type(model).__name__)}
+    cfg = getattr(model, "pretrained_cfg", None)
+    if isinstance(cfg, PretrainedCfg):
+        meta["pretrained_cfg"] = cfg.to_dict()
+    meta.update(extra_metadata or {})
+    return save_safetensors(model.state_dict(), path, meta)
+
+
+def convert_checkpoint(model: nn.Module, src: str | Path, out: str | Path) -> Path:
+    """Convert a foreign checkpoint for ``model``, verify it loads strictly, write safetensors."""
+    load_checkpoint(model, src)
+    return save_model_weights(model, out, {"converted_from": Path(src).name})
+
+
+def weights_metadata(path: str | Path) -> dict[str, str]:
+    return read_safetensors_metadata(path)

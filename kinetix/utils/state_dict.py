@@ -1,0 +1,142 @@
+"""Reading and writing weight files safely.
+
+* Reading never executes pickled code: ``.safetensors`` via safetensors, ``.npz`` with
+  ``allow_pickle=False``, torch pickles with ``torch.load(weights_only=True)`` (plus a short allow-list
+  of inert classes that official checkpoints store beside their weights, e.g. ``argparse.Namespace``).
+* Writing is atomic: a temporary file in the same folder, then ``os.replace``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import pickle
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kinetix.errors import CheckpointError
+
+# Wrapper keys under which training scripts store the weights, most specific first.
+_WRAPPER_KEYS = ("state_dict", "model_state", "model", "module", "params", "weights")
+
+
+def _safe_globals() -> list:
+    allowed: list = [argparse.Namespace]
+    with contextlib.suppress(Exception):  # numpy scalars in 'best_prec1'-style entries
+        allowed += [np.dtype, np.core.multiarray.scalar]  # type: ignore[attr-defined]
+    allowed += [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32")]
+    return allowed
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a weights file into a flat ``{name: tensor}`` dict (wrappers such as
+    ``{'state_dict': ...}`` or ``{'model_state': ...}`` are unwrapped, ``.npz`` keys kept as is)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint file. Check the path.")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: checkpoint file is empty (0 bytes); re-download or re-save it.")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return dict(load_file(str(path)))
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                return {k: torch.from_numpy(np.array(z[k])) for k in z.files}
+        with torch.serialization.safe_globals(_safe_globals()):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
+    except pickle.UnpicklingError as e:
+        culprit = next((ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln), None)
+        if culprit is None:  # random bytes, truncated file, ...
+            raise CheckpointError(
+                f"{path}: not a readable checkpoint ({str(e).splitlines()[0][:200]})"
+            ) from e
+        raise CheckpointError(
+            f"{path}: refused to load: the file stores Python objects that are not plain tensors "
+            f"({culprit}). kinetix never unpickles code; re-save only the weights, e.g. "
+            "torch.save(ckpt['state_dict'], 'weights.pth'), or convert with `kinetix convert`."
+        ) from e
+    except Exception as e:  # truncated zip, wrong format, ...
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
+    return unwrap_state_dict(obj, path)
+
+
+def unwrap_state_dict(obj, path: str | Path = "<checkpoint>") -> dict[str, torch.Tensor]:
+    """Find the tensor dict inside a training checkpoint (``state_dict``/``model_state``/...)."""
+    if isinstance(obj, Mapping):
+        for key in _WRAPPER_KEYS:
+            inner = obj.get(key)
+            if isinstance(inner, Mapping) and inner and _mostly_tensors(inner):
+                return unwrap_state_dict(inner, path)
+        if _mostly_tensors(obj):
+            return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    raise CheckpointError(
+        f"{path}: found no weights (expected a dict of tensors, possibly under one of "
+        f"{', '.join(_WRAPPER_KEYS)})"
+    )
+
+
+def _mostly_tensors(d: Mapping) -> bool:
+    vals = list(d.values())
+    return bool(vals) and sum(isinstance(v, torch.Tensor) for v in vals) >= max(1, len(vals) // 2)
+
+
+def strip_prefix(sd: Mapping[str, torch.Tensor], *prefixes: str) -> dict[str, torch.Tensor]:
+    """Remove the first matching prefix from every key (e.g. ``'module.'`` from DataParallel)."""
+    out = {}
+    for k, v in sd.items():
+        for p in prefixes:
+            if k.startswith(p):
+                k = k[len(p) :]
+                break
+        out[k] = v
+    return out
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path):
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_safetensors(
+    tensors: Mapping[str, torch.Tensor], path: str | Path, metadata: Mapping | None = None
+) -> Path:
+    """Write ``tensors`` to ``path`` atomically. ``metadata`` values are JSON-encoded if not strings."""
+    from safetensors.torch import save_file
+
+    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
+    # safetensors refuses shared/non-contiguous storage: store independent contiguous copies.
+    clean = {k: v.detach().contiguous().clone() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(clean, str(tmp), metadata=meta)
+    return Path(path)
+
+
+def read_safetensors_metadata(path: str | Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e

@@ -1,0 +1,45 @@
+"""GMAC counting against analytic counts, including CPU SDPA (which torch's counter misses)."""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from kinetix.utils import count_flops
+
+
+def test_linear_and_conv_analytic():
+    m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Flatten(), nn.Linear(8 * 16 * 16, 10))
+    res = count_flops(m, torch.zeros(2, 3, 16, 16))
+    conv = 2 * 8 * 16 * 16 * 3 * 9
+    fc = 2 * 8 * 16 * 16 * 10
+    assert res.gmacs * 1e9 == conv + fc
+    assert res.params == sum(p.numel() for p in m.parameters())
+
+
+class _SDPA(nn.Module):
+    def __init__(self, mask=None):
+        super().__init__()
+        self.mask = mask
+
+    def forward(self, q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask)
+
+
+def test_cpu_sdpa_is_counted():
+    b, h, n, s, d = 2, 3, 10, 12, 16
+    q, k, v = torch.zeros(b, h, n, d), torch.zeros(b, h, s, d), torch.zeros(b, h, s, d)
+    expected = 2 * b * h * n * s * d  # QK^T + AV, in MACs
+    assert count_flops(_SDPA(), (q, k, v)).gmacs * 1e9 == expected
+    mask = torch.ones(n, s, dtype=torch.bool)
+    assert count_flops(_SDPA(mask), (q, k, v)).gmacs * 1e9 == expected
+
+
+def test_meta_device_count_matches_real():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv3d(3, 4, 3), nn.Flatten(), nn.LazyLinear(5))
+    x = torch.zeros(1, 3, 4, 8, 8)
+    m(x)
+    real = count_flops(m, x).gmacs
+    with torch.device("meta"):
+        mm = nn.Sequential(nn.Conv3d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 2 * 6 * 6, 5))
+    assert count_flops(mm, torch.zeros(1, 3, 4, 8, 8, device="meta")).gmacs == real
