@@ -1,0 +1,267 @@
+"""Space-time token layouts and one transformer block for every video-attention scheme.
+
+Schemes (``attention=``), each a layout or a mask around the one :class:`~.attention.Attention`:
+
+* ``"joint"``: all tokens attend to all (TimeSformer joint ST, ViViT Model 1, VideoMAE, plain ViT).
+* ``"divided"``: time then space (TimeSformer, Bertasius et al. ICML 2021): temporal attention per
+  spatial location (prefix/CLS tokens do not take part), a zero-initialised ``temporal_fc``, then
+  spatial attention per frame with the CLS token repeated in every frame and its outputs averaged back.
+* ``"space"``: spatial attention per frame only (CLS handled as in ``"divided"``).
+* ``"local_global"``: TimeSformer's sparse L+G: local attention over the ``T x H/2 x W/2`` neighbourhood
+  (``|dh| <= H//4``, ``|dw| <= W//4``, every frame) then sparse global attention over the tokens with
+  the same parity in t, h and w (stride 2 in every axis), both as attention masks.
+* ``"axial"``: TimeSformer's axial T+W+H: separate attentions over time, width, then height.
+* ``"factorised"``: ViViT Model 3 (Arnab et al. ICCV 2021): ``x + MSA_s(LN_s(x))`` and ``x + MSA_t(LN_t(x))``
+  in the configurable ``order`` (default space then time), then the MLP.
+* ``"factorised_dot"``: ViViT Model 4: the first ``num_time_heads`` heads attend over time, the rest
+  over space; outputs are concatenated and share ``attn.proj``.
+
+Parameter names follow the official TimeSformer code: the stage that attends over space (or over the
+whole clip) uses ``norm1``/``attn``; extra stages are ``temporal_norm1``/``temporal_attn``(/``temporal_fc``),
+``width_*`` (axial) and ``local_*`` (L+G). Every ``*_fc`` starts at zero, so at initialisation each
+block equals a block with its last attention stage only (image-ViT initialisation keeps working).
+
+Input ``x``: ``(B, P + N, C)`` with ``P = num_prefix_tokens`` (CLS) first and ``N = T*H*W`` patch
+tokens in ``layout`` order: ``"space_major"`` (``(h w t)``, official TimeSformer) or ``"time_major"``
+(``(t h w)``, ViViT/VideoMAE); ``grid = (T, H, W)`` in tokens. Output: same shape. The scheme is
+resolved into a list of stages in ``__init__``; ``forward`` only runs them.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache, partial
+
+import torch
+import torch.nn as nn
+
+from .attention import Attention
+from .drop import DropPath
+from .mlp import Mlp
+
+ATTENTION_TYPES = ("joint", "divided", "space", "local_global", "axial", "factorised", "factorised_dot")
+LAYOUTS = ("space_major", "time_major")
+# grid axis (t, h, w) -> dimension of the 5D patch view (B, d1, d2, d3, C)
+_AXIS_DIM = {"space_major": {"t": 3, "h": 1, "w": 2}, "time_major": {"t": 1, "h": 2, "w": 3}}
+_STAGE_AXES = {"time": ("t",), "space": ("h", "w"), "width": ("w",), "height": ("h",)}
+
+
+def patch_view(x: torch.Tensor, grid: tuple[int, int, int], layout: str, num_prefix_tokens: int):
+    """``(B, P + T*H*W, C)`` -> prefix ``(B, P, C)`` and the patch tokens as a 5D view
+    ``(B, H, W, T, C)`` (space-major) or ``(B, T, H, W, C)`` (time-major). No copy."""
+    T, H, W = grid
+    B, _, C = x.shape
+    shape = (B, H, W, T, C) if layout == "space_major" else (B, T, H, W, C)
+    return x[:, :num_prefix_tokens], x[:, num_prefix_tokens:].view(shape)
+
+
+def token_coords(grid: tuple[int, int, int], layout: str) -> torch.Tensor:
+    """``(N, 3)`` integer ``(t, h, w)`` of every patch token in ``layout`` order."""
+    T, H, W = grid
+    t, h, w = torch.meshgrid(torch.arange(T), torch.arange(H), torch.arange(W), indexing="ij")
+    c = torch.stack([t, h, w], -1)  # (T, H, W, 3)
+    if layout == "space_major":
+        c = c.permute(1, 2, 0, 3)  # (H, W, T, 3)
+    return c.reshape(-1, 3)
+
+
+@lru_cache(maxsize=32)
+def local_global_mask(
+    grid: tuple[int, int, int], layout: str, num_prefix_tokens: int, kind: str
+) -> torch.Tensor:
+    """Boolean ``(P+N, P+N)`` mask (True = may attend) of TimeSformer's sparse L+G attention.
+
+    ``kind="local"``: every frame, ``|dh| <= H//4`` and ``|dw| <= W//4`` (the ``T x H/2 x W/2``
+    neighbourhood); ``kind="global"``: same parity of t, h and w (stride 2 in every axis). Prefix
+    tokens attend to, and are attended by, every token."""
+    _, H, W = grid
+    c = token_coords(grid, layout)
+    d = (c[:, None, :] - c[None, :, :]).abs()  # (N, N, 3)
+    if kind == "local":
+        patch = (d[..., 1] <= H // 4) & (d[..., 2] <= W // 4)
+    elif kind == "global":
+        patch = (d % 2 == 0).all(-1)
+    else:
+        raise ValueError(f"kind must be 'local' or 'global', got {kind!r}")
+    n = num_prefix_tokens + c.shape[0]
+    mask = torch.ones(n, n, dtype=torch.bool)
+    mask[num_prefix_tokens:, num_prefix_tokens:] = patch
+    return mask
+
+
+def axis_sdpa(
+    attn: Attention, qkv: torch.Tensor, dims: tuple[int, ...], prefix_qkv: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Attention along some grid dims of a 5D token view; the other grid dims act as batch.
+
+    ``qkv``: ``(B, d1, d2, d3, 3, h, hd)`` (``attn.qkv_packed`` of the patch view, possibly a head
+    slice); ``dims``: adjacent grid dims (1..3) to attend over. ``prefix_qkv``: ``(B, P, 3, h, hd)``
+    tokens prepended to every group; their outputs are averaged over the groups.
+    Returns the attention outputs before ``proj``: ``(B, d1, d2, d3, h, hd)`` and ``(B, P, h, hd)``.
+    """
+    B, *g, _, nh, hd = qkv.shape
+    others = tuple(d for d in (1, 2, 3) if d not in dims)
+    G, L = [g[d - 1] for d in others], math.prod(g[d - 1] for d in dims)
+    qkv = qkv.permute(4, 0, *others, 5, *dims, 6).reshape(3, B, *G, nh, L, hd)  # (3, B, *G, h, L, hd)
+    P = 0
+    if prefix_qkv is not None:
+        P = prefix_qkv.shape[1]
+        pq = prefix_qkv.permute(2, 0, 3, 1, 4)  # (3, B, h, P, hd)
+        pq = pq.reshape(3, B, *([1] * len(G)), nh, P, hd).expand(3, B, *G, nh, P, hd)
+        qkv = torch.cat([pq, qkv], -2)  # (3, B, *G, h, P+L, hd)
+    q, k, v = qkv.reshape(3, -1, nh, P + L, hd).unbind(0)  # the one copy: 3 x (B*G, h, P+L, hd)
+    o = attn.sdpa(q, k, v).view(B, *G, nh, P + L, hd)
+    po = o[..., :P, :].mean(tuple(range(1, 1 + len(G)))).transpose(1, 2) if P else None  # (B, P, h, hd)
+    o = o[..., P:, :].unflatten(-2, [g[d - 1] for d in dims])  # (B, *G, h, *Ldims, hd)
+    pos = {d: 1 + i for i, d in enumerate(others)} | {d: 2 + len(G) + i for i, d in enumerate(dims)}
+    o = o.permute(0, pos[1], pos[2], pos[3], 1 + len(G), o.ndim - 1)  # (B, d1, d2, d3, h, hd)
+    return o, po
+
+
+class SpaceTimeBlock(nn.Module):
+    """Pre-norm transformer block with a space-time attention scheme (see the module docstring)."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        attention: str = "joint",
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        qv_bias_only: bool = False,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        act_layer: type[nn.Module] = nn.GELU,
+        norm_layer: type[nn.Module] | None = None,
+        layout: str = "space_major",
+        num_prefix_tokens: int = 1,
+        order: tuple[str, str] = ("space", "time"),
+        num_time_heads: int | None = None,
+    ):
+        super().__init__()
+        if attention not in ATTENTION_TYPES:
+            raise ValueError(f"attention must be one of {ATTENTION_TYPES}, got {attention!r}")
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+        self.dim, self.attention, self.layout, self.num_prefix_tokens = (
+            dim,
+            attention,
+            layout,
+            num_prefix_tokens,
+        )
+        self._norm = norm_layer or partial(nn.LayerNorm, eps=1e-6)
+        self._attn = partial(
+            Attention, dim, num_heads, qkv_bias=qkv_bias, qv_bias_only=qv_bias_only, attn_drop=attn_drop
+        )
+        self._drop = drop
+        axis = _AXIS_DIM[layout]
+        dims = {k: tuple(axis[a] for a in v) for k, v in _STAGE_AXES.items()}
+
+        if attention == "joint":
+            self._stages = [self._full_stage("")]
+        elif attention == "divided":
+            self._stages = [
+                self._axis_stage("temporal_", dims["time"], False, True),
+                self._axis_stage("", dims["space"]),
+            ]
+        elif attention == "space":
+            self._stages = [self._axis_stage("", dims["space"])]
+        elif attention == "local_global":
+            self._stages = [self._full_stage("local_", "local", fc=True), self._full_stage("", "global")]
+        elif attention == "axial":
+            self._stages = [
+                self._axis_stage("temporal_", dims["time"], False, True),
+                self._axis_stage("width_", dims["width"], False, True),
+                self._axis_stage("", dims["height"]),
+            ]
+        elif attention == "factorised":
+            if sorted(order) != ["space", "time"]:
+                raise ValueError(f"order must be ('space', 'time') or ('time', 'space'), got {order!r}")
+            make = {"space": lambda: self._axis_stage("", dims["space"]),
+                    "time": lambda: self._axis_stage("temporal_", dims["time"], False, False)}  # fmt: skip
+            self._stages = [make[o]() for o in order]
+        else:  # factorised_dot
+            if num_prefix_tokens:
+                raise ValueError(
+                    "factorised_dot attention has no prefix (CLS) tokens; use num_prefix_tokens=0"
+                )
+            nt = num_heads // 2 if num_time_heads is None else num_time_heads
+            if not 0 <= nt <= num_heads:
+                raise ValueError(f"num_time_heads must be in [0, {num_heads}], got {nt}")
+            self.num_time_heads = nt
+            self.norm1, self.attn = self._norm(dim), self._attn(proj_drop=drop)
+            self._stages = [partial(self._run_factorised_dot, dims["time"], dims["space"])]
+
+        del self._norm, self._attn, self._drop  # construction helpers only
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = (norm_layer or partial(nn.LayerNorm, eps=1e-6))(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=drop)
+
+    # ---- stage construction (__init__ only) -------------------------------------------------------
+    def _modules_for(self, prefix: str, fc: bool):
+        norm, attn = self._norm(self.dim), self._attn(proj_drop=self._drop)
+        setattr(self, f"{prefix}norm1", norm)
+        setattr(self, f"{prefix}attn", attn)
+        lin = None
+        if fc:
+            lin = nn.Linear(self.dim, self.dim)
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+            setattr(self, f"{prefix}fc", lin)
+        return norm, attn, lin
+
+    def _full_stage(self, prefix: str, mask: str | None = None, fc: bool = False):
+        norm, attn, lin = self._modules_for(prefix, fc)
+        return partial(self._run_full, norm, attn, lin, mask)
+
+    def _axis_stage(self, prefix: str, dims: tuple[int, ...], with_prefix: bool = True, fc: bool = False):
+        norm, attn, lin = self._modules_for(prefix, fc)
+        return partial(self._run_axis, norm, attn, lin, dims, with_prefix)
+
+    # ---- stage execution -------------------------------------------------------------------------
+    def _keep(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Per-sample stochastic-depth scale ``(B,)`` shared by the prefix and patch residuals."""
+        p = self.drop_path.drop_prob
+        if not self.training or p == 0.0:
+            return None
+        return x.new_empty(x.shape[0]).bernoulli_(1.0 - p).div_(1.0 - p)
+
+    @staticmethod
+    def _scale(res: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        return res if keep is None else res * keep.view(-1, *([1] * (res.ndim - 1)))
+
+    def _run_full(self, norm, attn, lin, mask_kind, x, grid):
+        mask = None
+        if mask_kind is not None:
+            mask = local_global_mask(tuple(grid), self.layout, self.num_prefix_tokens, mask_kind).to(x.device)
+        res = self._scale(attn(norm(x), mask), self._keep(x))
+        return x + (lin(res) if lin is not None else res)
+
+    def _run_axis(self, norm, attn, lin, dims, with_prefix, x, grid):
+        cls, xp = patch_view(x, grid, self.layout, self.num_prefix_tokens)  # (B, P, C), (B, d1, d2, d3, C)
+        pqkv = attn.qkv_packed(norm(cls)) if with_prefix and cls.shape[1] else None
+        o, po = axis_sdpa(attn, attn.qkv_packed(norm(xp)), dims, pqkv)
+        keep = self._keep(x)
+        res = self._scale(attn.proj_drop(attn.proj(o.flatten(-2))), keep)  # (B, d1, d2, d3, C)
+        xp = xp + (lin(res) if lin is not None else res)
+        if po is not None:
+            pres = self._scale(attn.proj_drop(attn.proj(po.flatten(-2))), keep)  # (B, P, C)
+            cls = cls + (lin(pres) if lin is not None else pres)
+        return torch.cat([cls, xp.flatten(1, 3)], 1)
+
+    def _run_factorised_dot(self, tdims, sdims, x, grid):
+        _, xp = patch_view(x, grid, self.layout, 0)
+        qkv = self.attn.qkv_packed(self.norm1(xp))  # (B, d1, d2, d3, 3, h, hd)
+        nt = self.num_time_heads
+        outs = [axis_sdpa(self.attn, qkv[..., :nt, :], tdims)[0]] if nt else []
+        outs += [axis_sdpa(self.attn, qkv[..., nt:, :], sdims)[0]] if nt < self.attn.num_heads else []
+        o = torch.cat(outs, -2) if len(outs) > 1 else outs[0]  # (B, d1, d2, d3, h, hd)
+        res = self._scale(self.attn.proj_drop(self.attn.proj(o.flatten(-2))), self._keep(x))
+        return x + res.flatten(1, 3)
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int, int] | None = None) -> torch.Tensor:
+        """``x``: ``(B, P + T*H*W, C)``; ``grid``: ``(T, H, W)`` token grid (unused by ``"joint"``)."""
+        for stage in self._stages:
+            x = stage(x, grid)
+        return x + self.drop_path(self.mlp(self.norm2(x)))
