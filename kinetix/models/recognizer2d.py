@@ -1,0 +1,389 @@
+"""2D-CNN video recognisers: TSN, TSM (offline and online/streaming) and GSM.
+
+- TSN: Wang et al., "Temporal Segment Networks", ECCV 2016 — a 2D backbone per frame, dropout,
+  a linear classifier per frame and the average of the frame logits (consensus).
+- TSM: Lin et al., "TSM: Temporal Shift Module for Efficient Video Understanding", ICCV 2019 —
+  TSN with a zero-cost temporal shift in the residual branch of every block
+  (:class:`~kinetix.layers.temporal.TemporalShift`); online TSM shifts only from the past and runs
+  frame by frame through :class:`StreamingRecognizer`.
+- GSM: Sudhakaran et al., "Gate-Shift Networks for Video Action Recognition", CVPR 2020.
+
+Input ``(B, C, T, H, W)`` -> logits ``(B, num_classes)``; time is folded into the batch,
+``(B*T, C, H, W)``, for the backbone.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+
+import torch
+import torch.nn as nn
+
+from kinetix.layers.temporal import GateShift, TemporalShift
+
+from ._pretrained import BNINCEPTION_MEAN, BNINCEPTION_STD, PretrainedCfg
+from ._registry import register_model
+from .bninception import BNInception
+from .resnet import TemporalMaxPool, resnet
+
+__all__ = ["Recognizer2D", "StreamingRecognizer", "fold_time"]
+
+
+def fold_time(x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    """``(B, C, T, H, W) -> (B*T, C, H, W)`` in one copy (channels_last layout if asked)."""
+    b, c, t, h, w = x.shape
+    if channels_last:  # (B, T, H, W, C) memory order
+        return x.permute(0, 2, 3, 4, 1).reshape(b * t, h, w, c).permute(0, 3, 1, 2)
+    return x.transpose(1, 2).reshape(b * t, c, h, w)
+
+
+class Recognizer2D(nn.Module):
+    """TSN-style recogniser around a 2D backbone with ``forward_features`` and ``num_features``.
+
+    Args:
+        backbone: maps ``(B*T, 3, H, W) -> (B*T', C, h, w)`` (``T' < T`` with temporal pooling).
+        num_classes: classifier size.
+        dropout: dropout before the per-frame classifier (TSM/GSM scripts: 0.5).
+        partial_bn: TSN partial BN — in ``train()``, every BatchNorm2d but the first is frozen.
+        channels_last: run the backbone in channels_last memory format.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int = 400,
+        num_frames: int = 8,
+        dropout: float = 0.5,
+        partial_bn: bool = False,
+        channels_last: bool = False,
+    ):
+        super().__init__()
+        self.backbone = backbone
+        self.num_frames, self.num_classes = num_frames, num_classes
+        self.num_features = backbone.num_features
+        self.partial_bn, self.channels_last = partial_bn, channels_last
+        self.head_drop = nn.Dropout(dropout)
+        self.fc = nn.Linear(self.num_features, num_classes)
+        self._init_fc()
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    def _init_fc(self):
+        nn.init.normal_(self.fc.weight, 0, 0.001)
+        nn.init.zeros_(self.fc.bias)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, T, H, W) -> (B, T', D)`` pooled per-frame features."""
+        b = x.shape[0]
+        feats = self.backbone.forward_features(fold_time(x, self.channels_last))  # (B*T', D, h, w)
+        return feats.mean((2, 3)).view(b, -1, self.num_features)
+
+    def forward_frames(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-frame logits before the consensus: ``(B, C, T, H, W) -> (B, T', num_classes)``."""
+        return self.fc(self.head_drop(self.forward_features(x)))
+
+    def forward_head(self, feats: torch.Tensor) -> torch.Tensor:
+        """``(B, T', D) -> (B, num_classes)``: average of the frame logits."""
+        return self.fc(self.head_drop(feats)).mean(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.fc = nn.Linear(self.num_features, num_classes, device=self.fc.weight.device)
+        self._init_fc()
+
+    def no_weight_decay(self) -> set[str]:
+        """Biases and norm parameters (TSN/TSM optimiser policy: weight decay 0)."""
+        norms = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+        out = set()
+        for mn, m in self.named_modules():
+            for pn, _ in m.named_parameters(recurse=False):
+                if isinstance(m, norms) or pn == "bias":
+                    out.add(f"{mn}.{pn}" if mn else pn)
+        return out
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.partial_bn and mode:  # freeze every BatchNorm2d but the first (TSN)
+            bns = [m for m in self.backbone.modules() if isinstance(m, nn.BatchNorm2d)]
+            for m in bns[1:]:
+                m.eval()
+                m.weight.requires_grad_(False)
+                m.bias.requires_grad_(False)
+        return self
+
+
+class StreamingRecognizer(nn.Module):
+    """Online recognition with a causal model: one frame in, that frame's logits out.
+
+    ``model`` is a :class:`Recognizer2D` whose temporal layers are all causal (``tsm_r50_online``,
+    ``test_tsm_online``, GSM built with ``causal=True``). Each temporal layer keeps a cache of the
+    previous frame (TSM: its first ``C/8`` channels), so the per-frame cost is one 2D frame plus
+    a few small copies. ``forward(frame)`` with ``frame`` ``(B, C, H, W)`` returns ``(B, num_classes)``
+    equal to frame t's logits of the causal model run on the whole clip (``model.forward_frames``).
+    Call :meth:`reset` between videos.
+    """
+
+    def __init__(self, model: Recognizer2D):
+        super().__init__()
+        self.model = model
+        self.layers = [m for m in model.modules() if isinstance(m, TemporalShift | GateShift)]
+        acausal = [
+            n for n, m in model.named_modules() if isinstance(m, TemporalShift | GateShift) and not m.causal
+        ]
+        if acausal:
+            raise ValueError(
+                f"streaming needs a causal model (e.g. tsm_r50_online); non-causal temporal layers: {acausal[:4]}"
+            )
+        if any(isinstance(m, TemporalMaxPool) for m in model.modules()):
+            raise ValueError("streaming is not possible with temporal pooling (temporal_pool=True)")
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the past (start of a new video / new batch of streams)."""
+        for m in self.layers:
+            m.cache = None
+
+    @torch.no_grad()
+    def forward(self, frame: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W)`` -> ``(B, num_classes)``."""
+        m = self.model
+        if m.channels_last:
+            frame = frame.contiguous(memory_format=torch.channels_last)
+        for layer in self.layers:
+            layer.streaming = True
+        try:
+            feats = m.backbone.forward_features(frame).mean((2, 3))  # (B, D)
+        finally:
+            for layer in self.layers:
+                layer.streaming = False
+        return m.fc(m.head_drop(feats))
+
+
+# ----------------------------------------------------------------------------------------------
+# converters
+# ----------------------------------------------------------------------------------------------
+
+_MM_RESNET = [  # mmaction2 ResNet (ConvModule) -> torchvision names
+    (r"^backbone\.conv1\.conv\.", "backbone.conv1."),
+    (r"^backbone\.conv1\.bn\.", "backbone.bn1."),
+    (r"\.conv(\d)\.conv\.net\.", r".conv\1.net."),
+    (r"\.conv(\d)\.conv\.", r".conv\1."),
+    (r"\.conv(\d)\.bn\.", r".bn\1."),
+    (r"\.downsample\.conv\.", ".downsample.0."),
+    (r"\.downsample\.bn\.", ".downsample.1."),
+    (r"^cls_head\.fc_cls\.", "fc."),
+]
+
+
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: Recognizer2D) -> dict[str, torch.Tensor]:
+    """Official TSN/TSM/GSM (``module.base_model.*``, ``module.new_fc.*``, shifted convs as
+    ``conv1.net``), mmaction2 TSM/TSN (``backbone.*``, ``cls_head.fc_cls.*``) and 2D ImageNet files
+    (torchvision ResNet / Caffe BN-Inception, classifier dropped and kept at init) -> kinetix names.
+    """
+    sd = {k.removeprefix("module."): v for k, v in state_dict.items()}
+    own = model.state_dict()
+    if not any(k.startswith(("base_model.", "backbone.", "new_fc.", "cls_head.")) for k in sd):
+        from .resnet import load_image_weights  # a plain 2D ImageNet file
+
+        load_image_weights(model, sd)
+        return model.state_dict()
+    out = {}
+    for k, v in sd.items():
+        if k.startswith("cls_head.") or k.startswith("backbone."):
+            for pat, rep in _MM_RESNET:
+                k = re.sub(pat, rep, k)
+        k = re.sub(r"^base_model\.", "backbone.", k)
+        k = re.sub(r"^new_fc\.", "fc.", k)
+        k = k.replace(".net.", ".")  # TSM wraps the shifted conv: conv1.net.weight -> conv1.weight
+        if k.startswith("backbone.gsm_"):  # BN-Inception GSM: gsm_<conv id>.* -> <conv id>_gsm.*
+            k = "backbone." + re.sub(r"^gsm_(.+?)\.", r"\1_gsm.", k.removeprefix("backbone."))
+        k = _gsm_resnet_key(k)
+        if k in own and own[k].dim() == v.dim() + 0:
+            out[k] = v
+        elif k in own and own[k].numel() == v.numel():  # 5-D (Conv3d) <-> 4-D (Conv2d) weights
+            out[k] = v.reshape(own[k].shape)
+        else:
+            out[k] = v
+    return out
+
+
+def _gsm_resnet_key(k: str) -> str:
+    return k
+
+
+# ----------------------------------------------------------------------------------------------
+# entry points
+# ----------------------------------------------------------------------------------------------
+
+_SRC_TSM = "https://github.com/mit-han-lab/temporal-shift-module (official weights: CC-BY-NC 4.0)"
+_SRC_GSM = "https://github.com/swathikirans/GSM"
+
+
+def _cfg(**kw) -> PretrainedCfg:
+    return PretrainedCfg(**{"test_resize": 256, **kw})
+
+
+_K400 = {"k400": _cfg(source=_SRC_TSM, licence="CC-BY-NC-4.0 (official checkpoints)")}
+_K400_CI = {"synthetic": _cfg(num_frames=8, input_size=64, num_classes=10, test_resize=64)}
+_BGR = dict(channel_order="BGR", value_range=255.0, mean=BNINCEPTION_MEAN, std=BNINCEPTION_STD)
+_SSV1_BGR = {"ssv1": _cfg(num_classes=174, source=_SRC_GSM, licence="see the official repository", **_BGR)}
+
+
+def _resnet_recognizer(
+    depth: int,
+    num_classes: int = 400,
+    num_frames: int = 8,
+    dropout: float = 0.5,
+    partial_bn: bool = False,
+    channels_last: bool = False,
+    **backbone_kwargs,
+) -> Recognizer2D:
+    backbone = resnet(depth, num_classes=0, num_frames=num_frames, **backbone_kwargs)
+    return Recognizer2D(backbone, num_classes, num_frames, dropout, partial_bn, channels_last)
+
+
+def _tsm_kwargs(depth, shift_div=8, shift_place="residual", causal=False, temporal_pool=False, **kw) -> dict:
+    """Backbone kwargs of TSM: a shift in every block (every other block from ResNet-101 on)."""
+    if shift_place not in ("residual", "block"):
+        raise ValueError(f"shift_place must be 'residual' or 'block', got {shift_place!r}")
+    return dict(
+        temporal=functools.partial(TemporalShift, fold_div=shift_div, causal=causal),
+        temporal_position="input" if shift_place == "residual" else "block",
+        temporal_every=2 if depth >= 101 else 1,
+        temporal_pool=temporal_pool,
+        **kw,
+    )
+
+
+def tsn_resnet(depth: int, **kwargs) -> Recognizer2D:
+    return _resnet_recognizer(depth, **kwargs)
+
+
+def tsm_resnet(depth: int, shift_div=8, shift_place="residual", causal=False, temporal_pool=False, **kwargs):
+    bb = {k: kwargs.pop(k) for k in ("base_width", "zero_init_residual") if k in kwargs}
+    return _resnet_recognizer(
+        depth, **kwargs, **_tsm_kwargs(depth, shift_div, shift_place, causal, temporal_pool, **bb)
+    )
+
+
+@register_model(cfgs=_K400)
+def tsn_r18(**kwargs):
+    """TSN ResNet-18."""
+    return tsn_resnet(18, **kwargs)
+
+
+@register_model(cfgs=_K400)
+def tsn_r50(**kwargs):
+    """TSN ResNet-50 (8x224: 32.9 GMACs, 24.33 M params with 400 classes)."""
+    return tsn_resnet(50, **kwargs)
+
+
+@register_model(cfgs=_K400)
+def tsn_r101(**kwargs):
+    """TSN ResNet-101."""
+    return tsn_resnet(101, **kwargs)
+
+
+@register_model(cfgs=_K400)
+def tsm_r18(**kwargs):
+    """TSM ResNet-18 (residual shift, 1/8 + 1/8 channels)."""
+    return tsm_resnet(18, **kwargs)
+
+
+@register_model(cfgs=_K400)
+def tsm_r50(**kwargs):
+    """TSM ResNet-50 (residual shift, 1/8 + 1/8 channels); official K400 8f: 71.2% (1 clip, 1 crop)."""
+    return tsm_resnet(50, **kwargs)
+
+
+@register_model(cfgs=_K400)
+def tsm_r101(**kwargs):
+    """TSM ResNet-101 (shift in every other block, as released)."""
+    return tsm_resnet(101, **kwargs)
+
+
+@register_model(cfgs={"": _cfg()})
+def tsm_r50_online(**kwargs):
+    """Online (uni-directional) TSM ResNet-50: 1/8 of the channels from the previous frame only.
+    Train on clips, run with :class:`StreamingRecognizer` one frame at a time."""
+    return tsm_resnet(50, causal=True, **kwargs)
+
+
+def _bninception_recognizer(
+    num_classes=174, num_frames=8, dropout=0.5, partial_bn=False, channels_last=False, **bb
+):
+    backbone = BNInception(num_classes=0, num_frames=num_frames, **bb)
+    return Recognizer2D(backbone, num_classes, num_frames, dropout, partial_bn, channels_last)
+
+
+@register_model(cfgs=_SSV1_BGR)
+def tsn_bninception(**kwargs):
+    """TSN BN-Inception (BGR, 0..255 input, mean 104/117/128)."""
+    return _bninception_recognizer(**kwargs)
+
+
+@register_model(cfgs=_SSV1_BGR)
+def tsm_bninception(shift_div: int = 8, **kwargs):
+    """TSM BN-Inception: shift at the input of every stage but the stem (block_2, 3a ... 5b)."""
+    return _bninception_recognizer(temporal="shift", shift_div=shift_div, **kwargs)
+
+
+@register_model(cfgs=_SSV1_BGR)
+def gsm_bninception(causal: bool = False, **kwargs):
+    """GSM BN-Inception: 10 Gate-Shift modules at the official positions (SSv1)."""
+    return _bninception_recognizer(temporal="gsm", causal=causal, **kwargs)
+
+
+@register_model(cfgs={"ssv1": _cfg(num_classes=174)})
+def gsm_r50(causal: bool = False, **kwargs):
+    """GSM ResNet-50: a Gate-Shift module on every bottleneck's residual branch, after ``conv1``
+    (before ``bn1``) — the GSM paper's BN-Inception placement rule applied to ResNet."""
+    bb = {k: kwargs.pop(k) for k in ("base_width", "zero_init_residual") if k in kwargs}
+    gsm = functools.partial(GateShift, causal=causal)
+    return _resnet_recognizer(50, temporal=gsm, temporal_position="conv1", **bb, **kwargs)
+
+
+# tiny CI variants (64px, 8 frames): test_tsn and test_tsm share one backbone size
+_TINY = dict(base_width=8)
+
+
+@register_model(cfgs=_K400_CI)
+def test_tsn(**kwargs):
+    """Tiny TSN (ResNet-18 layout, one block per stage, width 8) for CI."""
+    return _resnet_recognizer_tiny(**kwargs)
+
+
+@register_model(cfgs=_K400_CI)
+def test_tsm(**kwargs):
+    """Tiny TSM, same backbone as ``test_tsn``."""
+    return _resnet_recognizer_tiny(**_tsm_kwargs(18, kwargs.pop("shift_div", 8), kwargs.pop("shift_place", "residual"),
+                                                 temporal_pool=kwargs.pop("temporal_pool", False)), **kwargs)  # fmt: skip
+
+
+@register_model(cfgs=_K400_CI)
+def test_tsm_online(**kwargs):
+    """Tiny causal TSM for streaming tests/demos."""
+    return _resnet_recognizer_tiny(**_tsm_kwargs(18, kwargs.pop("shift_div", 8), causal=True), **kwargs)
+
+
+@register_model(cfgs=_K400_CI)
+def test_gsm(causal: bool = False, **kwargs):
+    """Tiny GSM (bottleneck layout, one block per stage, width 8)."""
+    gsm = functools.partial(GateShift, causal=causal)
+    return _resnet_recognizer_tiny(block="bottleneck", temporal=gsm, temporal_position="conv1", **kwargs)
+
+
+def _resnet_recognizer_tiny(num_classes=10, num_frames=8, dropout=0.5, partial_bn=False, channels_last=False,
+                            block="basic", **bb):  # fmt: skip
+    from .resnet import BasicBlock, Bottleneck, ResNet
+
+    blk = BasicBlock if block == "basic" else Bottleneck
+    backbone = ResNet(blk, (1, 1, 1, 1), num_classes=0, num_frames=num_frames, **{**_TINY, **bb})
+    return Recognizer2D(backbone, num_classes, num_frames, dropout, partial_bn, channels_last)

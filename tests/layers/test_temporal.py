@@ -1,0 +1,200 @@
+"""Temporal layers against direct references (the official formulas, written as plain loops)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kinetix.layers.temporal import (
+    GateShift,
+    InterFrameAttention,
+    TemporalShift,
+    inter_frame_attention,
+    motion_saliency,
+    temporal_shift,
+)
+
+
+def _tsm_reference(x, t, fold_div=8):
+    """The official TSM shift (zeros_like + slice copies), as in ops/temporal_shift.py."""
+    nt, c, h, w = x.shape
+    x = x.view(nt // t, t, c, h, w)
+    f = c // fold_div
+    out = torch.zeros_like(x)
+    out[:, :-1, :f] = x[:, 1:, :f]
+    out[:, 1:, f : 2 * f] = x[:, :-1, f : 2 * f]
+    out[:, :, 2 * f :] = x[:, :, 2 * f :]
+    return out.view(nt, c, h, w)
+
+
+@pytest.mark.parametrize("c,fold_div", [(16, 8), (20, 8), (12, 4)])
+def test_shift_matches_official(c, fold_div):
+    x = torch.randn(2 * 4, c, 3, 5)
+    assert torch.equal(temporal_shift(x, 4, fold_div), _tsm_reference(x, 4, fold_div))
+
+
+def test_shift_channel_order_and_zero_padding():
+    t, c = 3, 8  # fold = 1: channel 0 from t+1, channel 1 from t-1
+    x = torch.arange(t, dtype=torch.float).view(t, 1, 1, 1).expand(t, c, 1, 1).contiguous() + 1
+    y = TemporalShift(c, t)(x)[:, :, 0, 0]
+    assert y[:, 0].tolist() == [2, 3, 0] and y[:, 1].tolist() == [0, 1, 2] and y[:, 2].tolist() == [1, 2, 3]
+
+
+def test_shift_channels_last_and_gradient_is_adjoint():
+    x = torch.randn(6, 16, 4, 4).to(memory_format=torch.channels_last).requires_grad_()
+    y = temporal_shift(x, 3)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(y, _tsm_reference(x.detach().contiguous(), 3))
+    g = torch.randn_like(y)
+    (y * g).sum().backward()
+    x2 = x.detach().contiguous().requires_grad_()
+    (_tsm_reference(x2, 3) * g).sum().backward()
+    assert torch.equal(x.grad, x2.grad)
+    assert torch.autograd.gradcheck(
+        lambda a: temporal_shift(a, 3), torch.randn(6, 8, 2, 2, dtype=torch.double, requires_grad=True)
+    )
+
+
+def test_causal_shift_reads_only_the_past_and_steps_like_the_clip():
+    t, c = 4, 16
+    x = torch.randn(2 * t, c, 3, 3)
+    layer = TemporalShift(c, t, causal=True)
+    y = layer(x).view(2, t, c, 3, 3)
+    xv = x.view(2, t, c, 3, 3)
+    assert torch.equal(y[:, 1:, :2], xv[:, :-1, :2]) and torch.all(y[:, 0, :2] == 0)
+    assert torch.equal(y[:, :, 2:], xv[:, :, 2:])
+    cache = None
+    for i in range(t):
+        out, cache = layer.step(xv[:, i], cache)
+        assert torch.equal(out, y[:, i])
+    # changing a future frame never changes the past
+    x2 = xv.clone()
+    x2[:, -1] += 1
+    assert torch.equal(layer(x2.view(-1, c, 3, 3)).view(2, t, c, 3, 3)[:, :-1], y[:, :-1])
+
+
+def _gsm_reference(m, x, t):
+    """Official gsmModule forward: permute to (B,C,T,H,W), Conv3d gate, shifts, interleave."""
+    nt, c, h, w = x.shape
+    b = nt // t
+    x5 = x.view(b, t, c, h, w).permute(0, 2, 1, 3, 4)
+    gate = torch.tanh(m.conv3D(F.relu(m.bn(x5))))
+    x1, x2 = x5[:, : c // 2], x5[:, c // 2 :]
+    y1, y2 = gate[:, :1] * x1, gate[:, 1:] * x2
+    r1, r2 = x1 - y1, x2 - y2
+    y1 = torch.cat([y1[:, :, 1:], torch.zeros_like(y1[:, :, :1])], 2) + r1
+    y2 = torch.cat([torch.zeros_like(y2[:, :, :1]), y2[:, :, :-1]], 2) + r2
+    y1 = y1.view(b, 2, c // 4, t, h, w).permute(0, 2, 1, 3, 4, 5).reshape(b, c // 2, t, h, w)
+    y2 = y2.view(b, 2, c // 4, t, h, w).permute(0, 2, 1, 3, 4, 5).reshape(b, c // 2, t, h, w)
+    return torch.cat([y1, y2], 1).permute(0, 2, 1, 3, 4).reshape(nt, c, h, w)
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_gsm_matches_official_formula(train):
+    t, c = 4, 16
+    m = GateShift(c, t)
+    torch.nn.init.normal_(m.conv3D.weight, std=0.3)
+    torch.nn.init.normal_(m.conv3D.bias, std=0.3)
+    m.bn.running_mean.normal_()
+    m.train(train)
+    x = torch.randn(2 * t, c, 5, 5)
+    ref = GateShift(c, t)
+    ref.load_state_dict(m.state_dict())
+    ref.train(train)
+    torch.testing.assert_close(m(x), _gsm_reference(ref, x, t), rtol=1e-5, atol=1e-5)
+    if train:
+        torch.testing.assert_close(m.bn.running_mean, ref.bn.running_mean)
+
+
+def test_gsm_zero_init_is_channel_interleave():
+    x = torch.randn(8, 8, 2, 2)
+    y = GateShift(8, 4)(x)
+    perm = [0, 2, 1, 3, 4, 6, 5, 7]  # out 2j <- j, 2j+1 <- C/4 + j within each half
+    assert torch.equal(y, x[:, perm])
+
+
+def test_causal_gsm_steps_like_the_clip():
+    t, c = 5, 8
+    m = GateShift(c, t, causal=True).eval()
+    torch.nn.init.normal_(m.conv3D.weight, std=0.3)
+    x = torch.randn(2 * t, c, 3, 3)
+    y = m(x).view(2, t, c, 3, 3)
+    cache = None
+    for i in range(t):
+        out, cache = m.step(x.view(2, t, c, 3, 3)[:, i], cache)
+        torch.testing.assert_close(out, y[:, i], rtol=1e-5, atol=1e-6)
+    x2 = x.view(2, t, c, 3, 3).clone()
+    x2[:, -1] += 1
+    torch.testing.assert_close(m(x2.view(-1, c, 3, 3)).view(2, t, c, 3, 3)[:, :-1], y[:, :-1])
+
+
+# ---------------------------------------------------------------------------------------------
+# SIFA: a direct per-pixel loop over the CUDA kernels' formulas (def_cor, def_agg, block shifts)
+# ---------------------------------------------------------------------------------------------
+
+
+def _bilinear(img, y, x):
+    """Caffe/DCN bilinear sample of img (C, H, W) at (y, x): 0 unless -1 < y < H and -1 < x < W,
+    out-of-range corners contribute 0."""
+    c, h, w = img.shape
+    if not (-1 < y < h and -1 < x < w):
+        return img.new_zeros(c)
+    y0, x0 = int(torch.floor(y)), int(torch.floor(x))
+    out = img.new_zeros(c)
+    for yy, wy in ((y0, 1 - (y - y0)), (y0 + 1, y - y0)):
+        for xx, wx in ((x0, 1 - (x - x0)), (x0 + 1, x - x0)):
+            if 0 <= yy < h and 0 <= xx < w:
+                out = out + wy * wx * img[:, yy, xx]
+    return out
+
+
+def _sifa_loop(f, offset, k=3, dil=1):
+    n, c, t, h, w = f.shape
+    pad = (dil * (k - 1) + 1) // 2
+    agg = torch.zeros_like(f)
+    for b in range(n):
+        for ti in range(t):  # def_cor / def_agg at index ti: query = frame max(ti-1, 0), keys = frame ti
+            q_t = max(ti - 1, 0)
+            for i in range(h):
+                for j in range(w):
+                    acc = f.new_zeros(c)
+                    for kh in range(k):
+                        for kw in range(k):
+                            kk = kh * k + kw
+                            y = i - pad + kh * dil + offset[b, 2 * kk, ti, i, j]
+                            x = j - pad + kw * dil + offset[b, 2 * kk + 1, ti, i, j]
+                            v = _bilinear(f[b, :, ti], y, x)
+                            corr = (f[b, :, q_t, i, j] * v).sum() / c  # DefCorFixW weight 1/C
+                            acc = acc + corr * v
+                    agg[b, :, ti, i, j] = acc
+    shifted = torch.zeros_like(agg)  # block: frame t <- agg[t+1], last frame masked
+    shifted[:, :, :-1] = agg[:, :, 1:]
+    return shifted
+
+
+@pytest.mark.parametrize("k,dil", [(3, 1), (3, 2), (1, 1)])
+def test_inter_frame_attention_matches_kernel_loop(k, dil):
+    f = torch.randn(1, 3, 3, 4, 5, dtype=torch.double)
+    offset = 1.5 * torch.randn(1, 2 * k * k, 3, 4, 5, dtype=torch.double)
+    offset[0, 0, 1, 0, 0] = 3.0  # far outside the image: contributes zero
+    torch.testing.assert_close(inter_frame_attention(f, offset, k, dil), _sifa_loop(f, offset, k, dil))
+
+
+def test_inter_frame_attention_gradcheck():
+    f = torch.randn(1, 2, 3, 3, 4, dtype=torch.double, requires_grad=True)
+    # keep sampling points away from integer coordinates (bilinear kinks) for finite differences
+    offset = (0.3 + 0.4 * torch.rand(1, 18, 3, 3, 4, dtype=torch.double)).requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda a, o: inter_frame_attention(a, o), (f, offset), eps=1e-6, atol=1e-5
+    )
+
+
+def test_sifa_module_zero_init_is_regular_grid_and_saliency():
+    t, c = 3, 4
+    m = InterFrameAttention(c, t)
+    x = torch.randn(2 * t, c, 4, 4, dtype=torch.double)
+    m.double()
+    f = x.view(2, t, c, 4, 4).transpose(1, 2)
+    expected = f + _sifa_loop(f, torch.zeros(2, 18, t, 4, 4, dtype=torch.double))
+    torch.testing.assert_close(m(x), expected.transpose(1, 2).reshape(2 * t, c, 4, 4))
+    prev = torch.cat([f[:, :, :1], f[:, :, :-1]], 2)
+    torch.testing.assert_close(motion_saliency(f), torch.sigmoid(f - prev) * f + f)

@@ -1,0 +1,87 @@
+"""ResNet backbone: torchvision layout, temporal slots, ImageNet weight loading."""
+
+import pytest
+import torch
+
+from kinetix.errors import CheckpointError
+from kinetix.layers.temporal import GateShift, TemporalShift
+from kinetix.models.resnet import BasicBlock, Bottleneck, ResNet, load_image_weights, resnet
+
+
+@pytest.mark.parametrize(
+    "depth,params", [(18, 11_689_512), (34, 21_797_672), (50, 25_557_032), (101, 44_549_160)]
+)
+def test_param_counts_match_torchvision(depth, params):
+    with torch.device("meta"):
+        m = resnet(depth)
+    assert sum(p.numel() for p in m.parameters()) == params
+
+
+def test_torchvision_key_names():
+    with torch.device("meta"):
+        sd = resnet(50).state_dict()
+    for k in ["conv1.weight", "bn1.running_var", "layer1.0.downsample.0.weight", "layer1.0.downsample.1.bias",
+              "layer3.5.conv3.weight", "layer4.2.bn3.num_batches_tracked", "fc.weight", "fc.bias"]:  # fmt: skip
+        assert k in sd
+    assert len(sd) == 320  # torchvision resnet50().state_dict() has 320 entries
+
+
+def _tiny(**kw):
+    return ResNet(BasicBlock, (1, 1, 1, 1), num_classes=0, num_frames=4, base_width=8, **kw)
+
+
+def test_temporal_slots_add_keys_only_in_temporal_layers():
+    plain = set(_tiny().state_dict())
+    tsm = _tiny(temporal=TemporalShift)
+    assert set(tsm.state_dict()) == plain
+    assert sum(isinstance(m, TemporalShift) for m in tsm.modules()) == 4
+    gsm = ResNet(Bottleneck, (1, 1, 1, 1), num_classes=0, num_frames=4, base_width=8,
+                 temporal=GateShift, temporal_position="conv1")  # fmt: skip
+    plain_b = set(ResNet(Bottleneck, (1, 1, 1, 1), num_classes=0, base_width=8).state_dict())
+    extra = set(gsm.state_dict()) - plain_b
+    assert extra and all(".temporal_mid." in k for k in extra)
+    assert gsm.layer2[0].temporal_mid.channels == 16  # GSM sees the conv1 output (width)
+
+
+def test_block_slot_shifts_identity_too():
+    x = torch.randn(8, 8, 16, 16)
+    res = _tiny(temporal=TemporalShift).eval()
+    blk = _tiny(temporal=TemporalShift, temporal_position="block").eval()
+    blk.load_state_dict(res.state_dict())
+    b = blk.layer1[0]
+    b.conv1.weight.data.zero_()  # residual branch -> bn(0); output = relu(bn2(0) + shifted x)
+    b.bn2.bias.data.zero_()
+    y = b(x)
+    assert torch.allclose(y, torch.relu(TemporalShift(8, 4)(x)))
+
+
+def test_temporal_pool_halves_frames():
+    m = _tiny(temporal=TemporalShift, temporal_pool=True).eval()
+    assert m.layer2[0].temporal_in.num_frames == 2
+    assert m.forward_features(torch.randn(2 * 4, 3, 32, 32)).shape[0] == 2 * 2
+
+
+def test_channels_last_matches():
+    m = _tiny(temporal=TemporalShift).eval()
+    x = torch.randn(8, 3, 32, 32)
+    y = m.forward_features(x)
+    m2 = _tiny(temporal=TemporalShift).eval()
+    m2.load_state_dict(m.state_dict())
+    m2.to(memory_format=torch.channels_last)
+    y2 = m2.forward_features(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(y, y2, rtol=1e-4, atol=1e-5)
+
+
+def test_load_image_weights_strict_and_temporal_only():
+    image = ResNet(Bottleneck, (1, 1, 1, 1), num_classes=1000, base_width=8).state_dict()
+    gsm = ResNet(Bottleneck, (1, 1, 1, 1), num_classes=0, num_frames=4, base_width=8,
+                 temporal=GateShift, temporal_position="conv1")  # fmt: skip
+    missing = load_image_weights(gsm, image)
+    assert missing and all(".temporal_mid." in k for k in missing)
+    assert torch.equal(gsm.layer3[0].conv2.weight, image["layer3.0.conv2.weight"])
+    broken = {k: v for k, v in image.items() if k != "layer2.0.bn1.weight"}
+    with pytest.raises(CheckpointError, match=r"missing non-temporal keys \['layer2.0.bn1.weight'\]"):
+        load_image_weights(gsm, broken)
+    r18 = ResNet(BasicBlock, (1, 1, 1, 1), base_width=8).state_dict()
+    with pytest.raises(CheckpointError, match="shape mismatch"):
+        load_image_weights(gsm, r18)
