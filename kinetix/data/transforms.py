@@ -752,3 +752,21 @@ def test_transform(
 
 
 test_transform.__test__ = False  # not a pytest test when imported into test modules
+
+
+def detection_transform(
+    short_side: int,
+    mean,
+    std,
+    channel_order: str = "RGB",
+    value_range: float = 1.0,
+    train: bool = False,
+    flip: bool = True,
+) -> Compose:
+    """AVA-style box-aware pipeline: short side -> ``short_side`` (whole frame kept, boxes scaled),
+    random horizontal flip when training (boxes mirrored), normalise."""
+    ts: list = [ShortSideResize(short_side)]
+    if train and flip:
+        ts.append(RandomHorizontalFlip(0.5))
+    ts.append(Normalize(mean, std, channel_order, value_range))
+    return Compose(ts)

@@ -1,0 +1,206 @@
+"""Datasets on real mp4 files written with PyAV: frames, labels, views, bad-sample policy, AVA boxes."""
+
+import logging
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from kinetix.data import transforms as T
+from kinetix.data.datasets import AVADataset, VideoClassificationDataset, collate_detection, detect_format
+from kinetix.data.sampling import keyframe_indices, multiview_indices
+from kinetix.errors import DatasetError
+
+
+def _as_uint8(video):
+    """Dataset output with the default transform (float [0,1] (C,T,H,W)) -> uint8 (T,H,W,C)."""
+    return (video * 255).round().to(torch.uint8).permute(1, 2, 3, 0)
+
+
+@pytest.fixture
+def three_videos(make_video, tmp_path):
+    paths = [make_video(f"v{i}.mp4", num_frames=20 + 10 * i, size=(32, 40), seed=i) for i in range(3)]
+    lst = tmp_path / "list.txt"
+    lst.write_text("".join(f"{p.name} {i % 2}\n" for i, p in enumerate(paths)))
+    return paths, lst
+
+
+def test_frames_are_the_sampled_frames(three_videos, decode_all):
+    paths, lst = three_videos
+    ds = VideoClassificationDataset.from_annotations(lst, num_frames=4, mode="test")
+    assert len(ds) == 3 and ds.num_classes == 2 and detect_format(lst) == "list"
+    for i, p in enumerate(paths):
+        item = ds[i]
+        ref = decode_all(p)
+        expected = ref[multiview_indices(len(ref), 4, 1)[0]]
+        assert item["label"] == i % 2 and item["index"] == i
+        assert item["video"].shape == (3, 4, 32, 40) and item["video"].dtype == torch.float32
+        assert np.array_equal(_as_uint8(item["video"]).numpy(), expected)
+
+
+def test_dense_multiview_and_multicrop_shapes(three_videos, decode_all):
+    paths, lst = three_videos
+    tf = T.test_transform(24, (0.5,) * 3, (0.5,) * 3, crops=3)
+    ds = VideoClassificationDataset.from_annotations(
+        lst, num_frames=4, sampling="dense", frame_interval=2, mode="test", num_clips=2, transform=tf
+    )
+    item = ds[2]
+    assert item["video"].shape == (6, 3, 4, 24, 24)  # 2 clips x 3 crops, clip-major
+    ref = torch.from_numpy(decode_all(paths[2]))
+    idx = multiview_indices(len(ref), 4, 2, "dense", 2)
+    expected, _ = tf(ref[idx[1]])
+    assert torch.allclose(item["video"][3:], expected)
+
+
+def test_train_mode_is_seeded_per_epoch_and_item(three_videos):
+    _, lst = three_videos
+    tf = T.train_transform(24, (0.5,) * 3, (0.5,) * 3, scale_jitter="rrc")
+    ds = VideoClassificationDataset.from_annotations(lst, num_frames=4, mode="train", transform=tf, seed=3)
+    ds.set_epoch(0)
+    a, b = ds[1]["video"], ds[1]["video"]
+    assert torch.equal(a, b)
+    ds.set_epoch(1)
+    assert not torch.equal(a, ds[1]["video"])
+    # follows the global RNG when no epoch is set (the engine seeds it per item)
+    ds2 = pickle.loads(pickle.dumps(ds))  # no open handles: picklable
+    ds2.epoch = None
+    torch.manual_seed(5)
+    c = ds2[1]["video"]
+    torch.manual_seed(5)
+    assert torch.equal(c, ds2[1]["video"])
+
+
+def test_dataloader_workers(three_videos):
+    _, lst = three_videos
+    ds = VideoClassificationDataset.from_annotations(
+        lst, num_frames=4, mode="test", transform=T.test_transform(24, (0.5,) * 3, (0.5,) * 3)
+    )
+    batch = next(iter(DataLoader(ds, batch_size=3, num_workers=1)))
+    assert batch["video"].shape == (3, 3, 4, 24, 24) and batch["label"].tolist() == [0, 1, 0]
+    assert torch.equal(batch["video"][1], ds[1]["video"])
+
+
+def test_flip_label_map_swaps_dataset_label(three_videos):
+    _, lst = three_videos
+    tf = T.Compose([T.RandomHorizontalFlip(1.0, {0: 1, 1: 0}), T.Normalize((0,) * 3, (1,) * 3)])
+    ds = VideoClassificationDataset.from_annotations(lst, num_frames=2, transform=tf)
+    assert [ds[i]["label"] for i in range(3)] == [1, 0, 1]
+
+
+def test_bad_files_are_skipped_counted_and_logged(make_video, tmp_path, caplog):
+    good = [make_video(f"g{i}.mp4", num_frames=12, size=(32, 32), seed=i) for i in range(4)]
+    (tmp_path / "empty.mp4").touch()
+    (tmp_path / "junk.mp4").write_bytes(b"this is not a video" * 50)
+    names = [p.name for p in good] + ["empty.mp4", "junk.mp4", "missing.mp4"]
+    ds = VideoClassificationDataset(
+        [(n, 0) for n in names], tmp_path, num_frames=2, mode="test", max_bad_fraction=0.6, min_attempts=5
+    )
+    with caplog.at_level(logging.WARNING, logger="kinetix.data.datasets"):
+        items = [ds[i] for i in range(len(ds))]
+    assert set(ds.bad_samples) == {str(tmp_path / n) for n in ("empty.mp4", "junk.mp4", "missing.mp4")}
+    assert ds.failures >= 3 and ds.attempts == 7 + ds.failures  # each failure costs one retry
+    assert all(it["index"] < 4 for it in items)  # bad ones replaced by good samples
+    assert [it["index"] for it in items[4:]] == [ds[i]["index"] for i in range(4, 7)]  # deterministic
+    assert "junk.mp4" in caplog.text and "skipping unreadable sample" in caplog.text
+
+
+def test_bad_fraction_threshold_raises(make_video, tmp_path):
+    good = make_video("g.mp4", num_frames=12, size=(32, 32))
+    for i in range(3):
+        (tmp_path / f"bad{i}.mp4").write_bytes(b"\x00" * 100)
+    samples = [(good.name, 0)] * 3 + [(f"bad{i}.mp4", 0) for i in range(3)]
+    ds = VideoClassificationDataset(
+        samples, tmp_path, num_frames=2, mode="test", max_bad_fraction=0.1, min_attempts=4
+    )
+    ds[0], ds[1], ds[2]  # 3 good attempts
+    with pytest.raises(DatasetError, match=r"(?s)1 of 4 sample loads failed .*bad0.mp4.*kinetix data check"):
+        ds[3]
+    lenient = VideoClassificationDataset(
+        samples, tmp_path, num_frames=2, mode="test", max_bad_fraction=0.9, min_attempts=4
+    )
+    assert all(lenient[i]["index"] < 3 for i in range(6)) and lenient.failures >= 3
+
+
+def test_kinetics_untrimmed_span_and_rawframes(make_video, make_frame_folder, decode_all, tmp_path):
+    long = make_video("abc.mp4", num_frames=100, size=(32, 32), fps=25)  # 4 s: untrimmed for span 2..3 s
+    csv = tmp_path / "k.csv"
+    csv.write_text("label,youtube_id,time_start,time_end,split\nwave,abc,2,3,train\n")
+    ds = VideoClassificationDataset.from_annotations(csv, tmp_path, num_frames=5, mode="test")
+    assert detect_format(csv) == "kinetics" and ds.classes == ["wave"]
+    expected = decode_all(long)[50 + multiview_indices(25, 5, 1)[0]]
+    assert np.array_equal(_as_uint8(ds[0]["video"]).numpy(), expected)
+    _, frames = make_frame_folder("clip01", num_frames=10)
+    raw = tmp_path / "raw.txt"
+    raw.write_text("clip01 10 2\n")
+    ds = VideoClassificationDataset.from_annotations(raw, tmp_path, num_frames=5, mode="test")
+    assert detect_format(raw) == "rawframes" and ds[0]["label"] == 2
+    assert ds[0]["video"].shape == (3, 5, *frames.shape[1:3])
+
+
+@pytest.fixture
+def ava_files(make_video, tmp_path):
+    make_video("vid1.mp4", num_frames=40, size=(48, 64), fps=10)  # 4 s, H=48, W=64
+    make_video("vid2.mp4", num_frames=40, size=(40, 80), fps=10, seed=1)
+    (tmp_path / "ann.csv").write_text(
+        "vid1,2,0.25,0.5,0.75,1.0,1,0\n"
+        "vid1,2,0.25,0.5,0.75,1.0,3,0\n"
+        "vid1,2,0.0,0.0,0.5,0.5,2,1\n"
+        "vid1,3,0.1,0.1,0.2,0.2,2,0\n"
+        "vid2,1,0.5,0.5,1.0,1.0,3,0\n"
+    )
+    (tmp_path / "labels.pbtxt").write_text(
+        'item { name: "a" id: 1 }\nitem { name: "b" id: 2 }\nitem { name: "c" id: 3 }\n'
+    )
+    (tmp_path / "excl.csv").write_text("vid1,3\n")
+    return tmp_path
+
+
+def test_ava_boxes_labels_and_clip(ava_files, decode_all):
+    root = ava_files
+    ds = AVADataset(
+        root / "ann.csv",
+        root,
+        root / "labels.pbtxt",
+        num_frames=4,
+        frame_interval=2,
+        exclusions=root / "excl.csv",
+    )
+    assert len(ds) == 2 and ds.num_classes == 3 and ds.classes == ["a", "b", "c"]
+    item = ds[0]
+    assert item["meta"] == {"video_id": "vid1", "timestamp": 2, "orig_size": (48, 64), "input_size": (48, 64)}
+    torch.testing.assert_close(
+        item["boxes"], torch.tensor([[16.0, 24.0, 48.0, 48.0], [0.0, 0.0, 32.0, 24.0]])
+    )
+    assert item["labels"].tolist() == [[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]
+    expected = decode_all(root / "vid1.mp4")[keyframe_indices(20, 4, 2, 40)]  # keyframe 2 s * 10 fps
+    assert np.array_equal(_as_uint8(item["video"]).numpy(), expected)
+    # box-aware resize: short side 48 -> 24 halves every coordinate
+    tf = T.detection_transform(24, (0.5,) * 3, (0.5,) * 3)
+    small = AVADataset(
+        root / "ann.csv",
+        root,
+        root / "labels.pbtxt",
+        num_frames=4,
+        transform=tf,
+        exclusions=root / "excl.csv",
+    )
+    it0, it1 = small[0], small[1]
+    torch.testing.assert_close(it0["boxes"], item["boxes"] / 2)
+    assert it0["meta"]["input_size"] == (24, 32) and it1["video"].shape == (3, 4, 24, 48)
+    batch = collate_detection([it0, it1])
+    assert batch["video"].shape == (2, 3, 4, 24, 48) and len(batch["boxes"]) == 2
+    assert (
+        torch.equal(batch["video"][0, ..., :32], it0["video"])
+        and batch["video"][0, ..., 32:].abs().sum() == 0
+    )
+    torch.testing.assert_close(batch["boxes"][1], torch.tensor([[24.0, 12.0, 48.0, 24.0]]))
+
+
+def test_ava_flip_moves_boxes(ava_files):
+    root = ava_files
+    tf = T.Compose([T.RandomHorizontalFlip(1.0), T.Normalize((0,) * 3, (1,) * 3)])
+    ds = AVADataset(root / "ann.csv", root, root / "labels.pbtxt", num_frames=2, transform=tf)
+    torch.testing.assert_close(ds[0]["boxes"][0], torch.tensor([16.0, 24.0, 48.0, 48.0]))  # symmetric box
+    torch.testing.assert_close(ds[0]["boxes"][1], torch.tensor([32.0, 0.0, 64.0, 24.0]))
