@@ -183,39 +183,36 @@ _MM_RESNET = [  # mmaction2 ResNet (ConvModule) -> torchvision names
 
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: Recognizer2D) -> dict[str, torch.Tensor]:
-    """Official TSN/TSM/GSM (``module.base_model.*``, ``module.new_fc.*``, shifted convs as
-    ``conv1.net``), mmaction2 TSM/TSN (``backbone.*``, ``cls_head.fc_cls.*``) and 2D ImageNet files
-    (torchvision ResNet / Caffe BN-Inception, classifier dropped and kept at init) -> kinetix names.
+    """Foreign checkpoints -> kinetix names.
+
+    - official TSN/TSM/GSM (``module.base_model.*``, ``module.new_fc.*``; TSM's shifted convs are
+      wrapped as ``conv1.net``; GSM BN-Inception ids ``gsm_<conv id>.*`` are kept as is);
+    - mmaction2 TSN/TSM (``backbone.conv1.conv``, ``convK.bn``, ``downsample.conv/bn``,
+      ``cls_head.fc_cls``);
+    - 2D ImageNet files (torchvision ResNet / Caffe BN-Inception): loaded into the backbone with
+      :func:`~kinetix.models.resnet.load_image_weights`, the classifier keeps its initialisation.
     """
-    sd = {k.removeprefix("module."): v for k, v in state_dict.items()}
-    own = model.state_dict()
+    sd = {
+        k.removeprefix("module."): v for k, v in state_dict.items() if not k.startswith("data_preprocessor.")
+    }
     if not any(k.startswith(("base_model.", "backbone.", "new_fc.", "cls_head.")) for k in sd):
-        from .resnet import load_image_weights  # a plain 2D ImageNet file
+        from .resnet import load_image_weights
 
         load_image_weights(model, sd)
         return model.state_dict()
+    own = model.state_dict()
     out = {}
     for k, v in sd.items():
-        if k.startswith("cls_head.") or k.startswith("backbone."):
+        if k.startswith(("backbone.", "cls_head.")):  # mmaction2
             for pat, rep in _MM_RESNET:
                 k = re.sub(pat, rep, k)
         k = re.sub(r"^base_model\.", "backbone.", k)
         k = re.sub(r"^new_fc\.", "fc.", k)
-        k = k.replace(".net.", ".")  # TSM wraps the shifted conv: conv1.net.weight -> conv1.weight
-        if k.startswith("backbone.gsm_"):  # BN-Inception GSM: gsm_<conv id>.* -> <conv id>_gsm.*
-            k = "backbone." + re.sub(r"^gsm_(.+?)\.", r"\1_gsm.", k.removeprefix("backbone."))
-        k = _gsm_resnet_key(k)
-        if k in own and own[k].dim() == v.dim() + 0:
-            out[k] = v
-        elif k in own and own[k].numel() == v.numel():  # 5-D (Conv3d) <-> 4-D (Conv2d) weights
-            out[k] = v.reshape(own[k].shape)
-        else:
-            out[k] = v
+        k = k.replace(".net.", ".")  # TSM wrapper: conv1.net.weight -> conv1.weight
+        if k in own and own[k].shape != v.shape and own[k].numel() == v.numel():
+            v = v.reshape(own[k].shape)  # e.g. BN tensors stored as (1, C) by Caffe converters
+        out[k] = v
     return out
-
-
-def _gsm_resnet_key(k: str) -> str:
-    return k
 
 
 # ----------------------------------------------------------------------------------------------

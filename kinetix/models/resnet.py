@@ -125,7 +125,8 @@ class ResNet(nn.Module):
         num_frames: frames T folded into the batch (given to temporal layers).
         temporal: factory ``(channels, num_frames) -> nn.Module`` or ``None`` (plain 2D ResNet).
         temporal_position: slot, see module docstring.
-        temporal_every: put a temporal layer in blocks ``i % temporal_every == 0`` of each stage.
+        temporal_every, temporal_first: temporal layers go in blocks ``i >= temporal_first`` with
+            ``(i - temporal_first) % temporal_every == 0`` of each stage.
         temporal_stages: stages (1..4) that get temporal layers.
         temporal_pool: TSM temporal max-pool before ``layer2`` (T -> T/2 for layers 2-4).
         base_width: channels of the stem (64 in the paper; tiny test models use 8-16).
@@ -140,6 +141,7 @@ class ResNet(nn.Module):
         temporal: TemporalFactory | None = None,
         temporal_position: str = "input",
         temporal_every: int = 1,
+        temporal_first: int = 0,
         temporal_stages: tuple[int, ...] = (1, 2, 3, 4),
         temporal_pool: bool = False,
         base_width: int = 64,
@@ -160,7 +162,7 @@ class ResNet(nn.Module):
             factory = temporal if i in temporal_stages else None
             stage = self._make_layer(
                 block, base_width * 2 ** (i - 1), n, 1 if i == 1 else 2, frames, factory,
-                temporal_position, temporal_every,
+                temporal_position, temporal_every, temporal_first,
             )  # fmt: skip
             self.add_module(f"layer{i}", stage)
         self.num_features = self.inplanes
@@ -176,7 +178,7 @@ class ResNet(nn.Module):
                 elif isinstance(m, BasicBlock):
                     nn.init.zeros_(m.bn2.weight)
 
-    def _make_layer(self, block, planes, blocks, stride, frames, temporal, position, every):
+    def _make_layer(self, block, planes, blocks, stride, frames, temporal, position, every, first):
         downsample = None
         if stride != 1 or self.inplanes != planes * block.expansion:
             downsample = nn.Sequential(
@@ -186,7 +188,7 @@ class ResNet(nn.Module):
         out = []
         for i in range(blocks):
             t = None
-            if temporal is not None and i % every == 0:
+            if temporal is not None and i >= first and (i - first) % every == 0:
                 t = temporal(block.temporal_channels(self.inplanes, planes, position), frames)
             out.append(
                 block(

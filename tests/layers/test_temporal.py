@@ -4,14 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kinetix.layers.temporal import (
-    GateShift,
-    InterFrameAttention,
-    TemporalShift,
-    inter_frame_attention,
-    motion_saliency,
-    temporal_shift,
-)
+from kinetix.layers.temporal import GateShift, TemporalShift, temporal_shift
 
 
 def _tsm_reference(x, t, fold_div=8):
@@ -125,76 +118,3 @@ def test_causal_gsm_steps_like_the_clip():
     x2 = x.view(2, t, c, 3, 3).clone()
     x2[:, -1] += 1
     torch.testing.assert_close(m(x2.view(-1, c, 3, 3)).view(2, t, c, 3, 3)[:, :-1], y[:, :-1])
-
-
-# ---------------------------------------------------------------------------------------------
-# SIFA: a direct per-pixel loop over the CUDA kernels' formulas (def_cor, def_agg, block shifts)
-# ---------------------------------------------------------------------------------------------
-
-
-def _bilinear(img, y, x):
-    """Caffe/DCN bilinear sample of img (C, H, W) at (y, x): 0 unless -1 < y < H and -1 < x < W,
-    out-of-range corners contribute 0."""
-    c, h, w = img.shape
-    if not (-1 < y < h and -1 < x < w):
-        return img.new_zeros(c)
-    y0, x0 = int(torch.floor(y)), int(torch.floor(x))
-    out = img.new_zeros(c)
-    for yy, wy in ((y0, 1 - (y - y0)), (y0 + 1, y - y0)):
-        for xx, wx in ((x0, 1 - (x - x0)), (x0 + 1, x - x0)):
-            if 0 <= yy < h and 0 <= xx < w:
-                out = out + wy * wx * img[:, yy, xx]
-    return out
-
-
-def _sifa_loop(f, offset, k=3, dil=1):
-    n, c, t, h, w = f.shape
-    pad = (dil * (k - 1) + 1) // 2
-    agg = torch.zeros_like(f)
-    for b in range(n):
-        for ti in range(t):  # def_cor / def_agg at index ti: query = frame max(ti-1, 0), keys = frame ti
-            q_t = max(ti - 1, 0)
-            for i in range(h):
-                for j in range(w):
-                    acc = f.new_zeros(c)
-                    for kh in range(k):
-                        for kw in range(k):
-                            kk = kh * k + kw
-                            y = i - pad + kh * dil + offset[b, 2 * kk, ti, i, j]
-                            x = j - pad + kw * dil + offset[b, 2 * kk + 1, ti, i, j]
-                            v = _bilinear(f[b, :, ti], y, x)
-                            corr = (f[b, :, q_t, i, j] * v).sum() / c  # DefCorFixW weight 1/C
-                            acc = acc + corr * v
-                    agg[b, :, ti, i, j] = acc
-    shifted = torch.zeros_like(agg)  # block: frame t <- agg[t+1], last frame masked
-    shifted[:, :, :-1] = agg[:, :, 1:]
-    return shifted
-
-
-@pytest.mark.parametrize("k,dil", [(3, 1), (3, 2), (1, 1)])
-def test_inter_frame_attention_matches_kernel_loop(k, dil):
-    f = torch.randn(1, 3, 3, 4, 5, dtype=torch.double)
-    offset = 1.5 * torch.randn(1, 2 * k * k, 3, 4, 5, dtype=torch.double)
-    offset[0, 0, 1, 0, 0] = 3.0  # far outside the image: contributes zero
-    torch.testing.assert_close(inter_frame_attention(f, offset, k, dil), _sifa_loop(f, offset, k, dil))
-
-
-def test_inter_frame_attention_gradcheck():
-    f = torch.randn(1, 2, 3, 3, 4, dtype=torch.double, requires_grad=True)
-    # keep sampling points away from integer coordinates (bilinear kinks) for finite differences
-    offset = (0.3 + 0.4 * torch.rand(1, 18, 3, 3, 4, dtype=torch.double)).requires_grad_()
-    assert torch.autograd.gradcheck(
-        lambda a, o: inter_frame_attention(a, o), (f, offset), eps=1e-6, atol=1e-5
-    )
-
-
-def test_sifa_module_zero_init_is_regular_grid_and_saliency():
-    t, c = 3, 4
-    m = InterFrameAttention(c, t)
-    x = torch.randn(2 * t, c, 4, 4, dtype=torch.double)
-    m.double()
-    f = x.view(2, t, c, 4, 4).transpose(1, 2)
-    expected = f + _sifa_loop(f, torch.zeros(2, 18, t, 4, 4, dtype=torch.double))
-    torch.testing.assert_close(m(x), expected.transpose(1, 2).reshape(2 * t, c, 4, 4))
-    prev = torch.cat([f[:, :, :1], f[:, :, :-1]], 2)
-    torch.testing.assert_close(motion_saliency(f), torch.sigmoid(f - prev) * f + f)
