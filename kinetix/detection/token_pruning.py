@@ -1,0 +1,143 @@
+"""Keyframe-centric token pruning (KTP) of EVAD (Chen et al., "Efficient Video Action Detection
+with Token Dropout and Context Refinement", ICCV 2023).
+
+Tokens are ordered keyframe first: ``(B, N, C)`` with the ``S = h·w`` keyframe tokens at the front,
+always kept. A pruning block runs attention explicitly (the probabilities are needed), scores every
+non-keyframe token by the attention it receives, averaged over all queries and heads with the
+keyframe-query rows weighted by ``keyframe_weight`` (w_kf), keeps the ``ceil(keep_rate·N) − S`` best,
+and runs its MLP on the kept set only. Other blocks use SDPA. ``idx (B, N − S)`` tracks the global
+position (among the non-keyframe tokens of the full clip) of every non-keyframe token.
+
+Kept tokens are re-sorted by position (``sort_kept=True``, default); the released code keeps them in
+score order (``sort_kept=False``), which only matters to the head that restores the feature map.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from kinetix.layers.attention import Attention
+from kinetix.layers.drop import DropPath
+from kinetix.layers.mlp import Mlp
+
+
+class Block(nn.Module):
+    """Pre-norm ViT block (VideoMAE keys: ``norm1, attn.{qkv,q_bias,v_bias,proj}, norm2, mlp``).
+
+    ``forward(x, idx, num_key) -> (x, idx)``: the signature shared with :class:`KTPBlock`."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_path: float = 0.0,
+        norm_eps: float = 1e-6,
+    ):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, qv_bias_only=True)
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor, idx: torch.Tensor | None = None, num_key: int = 0):
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x))), idx
+
+
+def attention_with_importance(
+    attn: Attention, x: torch.Tensor, num_key: int, keyframe_weight: float, chunk: int = 1024
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Explicit multi-head attention that also returns the KTP importance of non-keyframe tokens.
+
+    ``x (B, N, C)`` → ``out (B, N, C)`` (before ``proj``) and ``score (B, N − S)`` =
+    ``Σ_h Σ_i w_i · softmax_j(q_i·k_j·scale)[j] / (H·N)`` over columns ``j ≥ S``, with ``w_i = w_kf``
+    for keyframe queries ``i < S`` and 1 otherwise. Queries are processed in chunks so that at most
+    ``(B, H, chunk, N)`` probabilities exist at once (plain matmuls, counted by the FLOP counter)."""
+    B, N, C = x.shape
+    q, k, v = attn.qkv_heads(x)  # 3 x (B, H, N, hd)
+    kt = k.transpose(-2, -1) * attn.scale  # (B, H, hd, N)
+    outs, score = [], x.new_zeros(B, N - num_key)
+    for s in range(0, N, chunk):
+        p = (q[:, :, s : s + chunk] @ kt).softmax(-1)  # (B, H, c, N)
+        outs.append(p @ v)  # (B, H, c, hd)
+        col = p[..., num_key:]  # (B, H, c, N − S)
+        n_kf = min(max(num_key - s, 0), col.shape[2])  # keyframe queries in this chunk
+        if n_kf and keyframe_weight != 1.0:
+            score += keyframe_weight * col[:, :, :n_kf].sum((1, 2)) + col[:, :, n_kf:].sum((1, 2))
+        else:
+            score += col.sum((1, 2))
+    out = torch.cat(outs, 2).transpose(1, 2).reshape(B, N, C)  # (B, N, C)
+    return out, score / (attn.num_heads * N)
+
+
+class KTPBlock(Block):
+    """A :class:`Block` that prunes non-keyframe tokens between its attention and its MLP."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        keep_rate: float,
+        keyframe_weight: float = 1.0,
+        sort_kept: bool = True,
+        **kw,
+    ):
+        super().__init__(dim, num_heads, **kw)
+        if not 0 < keep_rate <= 1:
+            raise ValueError(f"keep_rate must be in (0, 1], got {keep_rate}")
+        self.keep_rate, self.keyframe_weight, self.sort_kept = keep_rate, keyframe_weight, sort_kept
+
+    def num_kept(self, num_tokens: int, num_key: int) -> int:
+        """Non-keyframe tokens kept out of ``num_tokens`` (keyframe included): ceil(rate·N) − S."""
+        return max(math.ceil(self.keep_rate * num_tokens) - num_key, 0)
+
+    def forward(self, x: torch.Tensor, idx: torch.Tensor, num_key: int):
+        _, N, C = x.shape
+        out, score = attention_with_importance(self.attn, self.norm1(x), num_key, self.keyframe_weight)
+        x = x + self.drop_path(self.attn.proj_drop(self.attn.proj(out)))
+        n_keep = self.num_kept(N, num_key)
+        if n_keep == N - num_key:  # nothing to drop (as the released code: order untouched)
+            return x + self.drop_path(self.mlp(self.norm2(x))), idx
+        keep = score.topk(n_keep, dim=1).indices  # (B, n_keep), by score
+        if self.sort_kept:
+            keep = keep.sort(1).values  # by position
+        others = x[:, num_key:].gather(1, keep[..., None].expand(-1, -1, C))  # (B, n_keep, C)
+        x = torch.cat([x[:, :num_key], others], 1)
+        idx = idx.gather(1, keep)
+        return x + self.drop_path(self.mlp(self.norm2(x))), idx
+
+
+def keyframe_first(x: torch.Tensor, num_slices: int) -> tuple[torch.Tensor, int]:
+    """Time-major tokens ``(B, t·S, C)`` → keyframe slice ``t // 2`` first, then the others in order.
+
+    Returns the reordered tokens and the keyframe slot ``t // 2``."""
+    B, N, C = x.shape
+    key = num_slices // 2
+    x = x.view(B, num_slices, N // num_slices, C)  # (B, t, S, C)
+    return torch.cat([x[:, key], x[:, :key].flatten(1, 2), x[:, key + 1 :].flatten(1, 2)], 1), key
+
+
+def make_blocks(
+    depth: int,
+    dim: int,
+    num_heads: int,
+    keep_rates: list[float],
+    keyframe_weight: float = 1.0,
+    sort_kept: bool = True,
+    drop_path_rate: float = 0.0,
+    **kw,
+) -> nn.ModuleList:
+    """``depth`` blocks; block ``i`` is a :class:`KTPBlock` where ``keep_rates[i] < 1``."""
+    dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+    return nn.ModuleList(
+        KTPBlock(dim, num_heads, r, keyframe_weight, sort_kept, drop_path=d, **kw)
+        if r < 1
+        else Block(dim, num_heads, drop_path=d, **kw)
+        for r, d in zip(keep_rates, dpr)
+    )
