@@ -46,3 +46,27 @@ def test_timesformer_matches_hf(attention, hf_type):
         "test_timesformer", attention=attention, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0
     )
     _compare(hf, ours, clip, ref, feats)
+
+
+def test_vivit_model1_matches_hf():
+    cfg = transformers.VivitConfig(image_size=32, num_frames=4, tubelet_size=[2, 8, 8], **TINY)
+    hf = _randomise(transformers.VivitForVideoClassification(cfg))
+    clip = torch.randn(2, 3, 4, 32, 32)
+    with torch.no_grad():
+        ref = hf(pixel_values=clip.transpose(1, 2)).logits
+        feats = hf.vivit(pixel_values=clip.transpose(1, 2)).last_hidden_state
+    ours = create_model("test_vivit", model=1, mlp_ratio=2.0)
+    _compare(hf, ours, clip, ref, feats)
+
+
+def test_videomae_matches_hf():
+    cfg = transformers.VideoMAEConfig(
+        image_size=32, patch_size=8, num_frames=4, tubelet_size=2, layer_norm_eps=1e-6, **TINY
+    )
+    hf = _randomise(transformers.VideoMAEForVideoClassification(cfg))
+    clip = torch.randn(2, 3, 4, 32, 32)
+    with torch.no_grad():
+        ref = hf(pixel_values=clip.transpose(1, 2)).logits
+        feats = hf.videomae(pixel_values=clip.transpose(1, 2)).last_hidden_state  # before fc_norm
+    ours = create_model("test_videomae", mlp_ratio=2.0)
+    _compare(hf, ours, clip, ref, feats)
