@@ -205,7 +205,8 @@ class VideoClassificationDataset(_RobustDataset):
         sampling: ``"segment"`` (TSN: one frame per segment) or ``"dense"`` (``T`` frames
             ``frame_interval`` apart).
         mode: ``"train"`` (random offsets) or ``"val"``/``"test"`` (fixed, ``num_clips`` views via
-            :func:`~kinetix.data.sampling.multiview_indices`).
+            :func:`~kinetix.data.sampling.multiview_indices`; segment sampling with 2 clips uses
+            TSM's twice-sampling, segment centres + segment starts).
         num_clips: temporal views per video (train: independent random clips).
         transform: ``t(clip, target, generator) -> (clip, target)`` ending in ``Normalize``
             (default: float in [0, 1]).
@@ -289,6 +290,8 @@ class VideoClassificationDataset(_RobustDataset):
         """(num_clips, T) frame indices for an ``n``-frame video."""
         T, k = self.num_frames, self.num_clips
         if self.mode != "train":
+            if self.sampling == "segment" and k == 2:  # TSM/GSM two-clip protocol: centres + starts
+                return segment_indices(n, T, "twice")
             return multiview_indices(n, T, k, self.sampling, self.frame_interval)
         if self.sampling == "segment":
             return np.stack([segment_indices(n, T, "train", rng) for _ in range(k)])

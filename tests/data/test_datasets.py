@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from kinetix.data import transforms as T
 from kinetix.data.datasets import AVADataset, VideoClassificationDataset, collate_detection, detect_format
-from kinetix.data.sampling import keyframe_indices, multiview_indices
+from kinetix.data.sampling import keyframe_indices, multiview_indices, segment_indices
 from kinetix.errors import DatasetError
 
 
@@ -52,6 +52,16 @@ def test_dense_multiview_and_multicrop_shapes(three_videos, decode_all):
     idx = multiview_indices(len(ref), 4, 2, "dense", 2)
     expected, _ = tf(ref[idx[1]])
     assert torch.allclose(item["video"][3:], expected)
+
+
+def test_two_segment_clips_use_tsm_twice_sampling(three_videos, decode_all):
+    paths, lst = three_videos
+    ds = VideoClassificationDataset.from_annotations(lst, num_frames=4, mode="test", num_clips=2)
+    video = ds[1]["video"]  # (2, C, T, H, W): centres, then starts
+    ref = decode_all(paths[1])
+    idx = segment_indices(len(ref), 4, "twice")
+    for v in range(2):
+        assert np.array_equal(_as_uint8(video[v]).numpy(), ref[idx[v]])
 
 
 def test_train_mode_is_seeded_per_epoch_and_item(three_videos):

@@ -254,6 +254,16 @@ def test_randaugment_equalize_and_autocontrast_reference():
     )
 
 
+def test_affine_warp_geometry():
+    x = _random_clip(t=2, h=16, w=16).float()
+    rot = T._affine(x, [[0.0, -1.0], [1.0, 0.0]])  # 90 degrees about the centre
+    assert any(torch.equal(rot, torch.rot90(x, k, dims=(1, 2))) for k in (1, -1))
+    assert torch.equal(T._affine(x, [[1.0, 0.0], [0.0, 1.0]]), x)
+    wide = _random_clip(t=1, h=12, w=20).float()
+    shifted = T._affine(wide, [[1.0, 0.0], [0.0, 1.0]], (-3.0, 0.0))  # content moves 3 px right
+    assert torch.equal(shifted[:, :, 3:], wide[:, :, :-3]) and (shifted[:, :, :3] == 0).all()
+
+
 @pytest.mark.parametrize("op", T.RandAugment.OPS)
 def test_randaugment_every_op_runs(op):
     clip = _random_clip(t=2, h=24, w=32)
