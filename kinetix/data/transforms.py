@@ -355,12 +355,10 @@ class RandomHorizontalFlip(Transform):
 
 
 # ----------------------------------------------------------------------------- colour (float 0..255)
-_GRAY = torch.tensor([0.299, 0.587, 0.114])
-
-
 def _gray(x: torch.Tensor) -> torch.Tensor:
-    """``(..., C)`` float -> ``(..., 1)`` luma."""
-    return (x @ _GRAY.to(x.dtype)).unsqueeze(-1)
+    """``(..., 3)`` float -> ``(..., 1)`` luma (ITU-R 601, as PIL ``convert("L")``)."""
+    r, g, b = x.unbind(-1)
+    return (0.299 * r + 0.587 * g + 0.114 * b).unsqueeze(-1)
 
 
 def _blend(a: torch.Tensor, b, factor: float) -> torch.Tensor:
@@ -373,15 +371,17 @@ def _frame_mean(x: torch.Tensor) -> torch.Tensor:
 
 
 def _rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
-    """``(..., 3)`` RGB in [0, 1] -> HSV in [0, 1]."""
+    """``(..., 3)`` RGB in [0, 1] -> HSV in [0, 1] (``colorsys`` formulas, vectorised)."""
     r, g, b = x.unbind(-1)
-    maxc, minc = x.max(-1).values, x.min(-1).values
-    v, delta = maxc, maxc - minc
-    s = torch.where(maxc > 0, delta / maxc.clamp_min(1e-12), torch.zeros_like(maxc))
+    maxc = torch.maximum(torch.maximum(r, g), b)
+    minc = torch.minimum(torch.minimum(r, g), b)
+    delta = maxc - minc
+    s = delta / maxc.clamp_min(1e-12)
     d = delta.clamp_min(1e-12)
-    h = torch.where(maxc == r, ((g - b) / d) % 6, torch.where(maxc == g, (b - r) / d + 2, (r - g) / d + 4))
-    h = torch.where(delta > 0, h / 6, torch.zeros_like(h))
-    return torch.stack([h, s, v], -1)
+    rc, gc, bc = (maxc - r) / d, (maxc - g) / d, (maxc - b) / d
+    h = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
+    h = torch.where(delta > 0, (h / 6.0).remainder_(1.0), 0.0)
+    return torch.stack([h, s, maxc], -1)
 
 
 def _hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
