@@ -89,6 +89,8 @@ def load_annotations(ann_file, format="auto", classes=None, *, labels_file=None,
     ``something-something-v2-labels.json`` next to the annotation file).
     """
     fmt = detect_format(ann_file) if format == "auto" else format
+    if fmt == "ava":
+        raise DatasetError(f"{ann_file}: an AVA detection CSV, not a classification list; use AVADataset")
     if fmt not in FORMATS:
         raise DatasetError(f"{ann_file}: format must be one of {('auto', *FORMATS)}, got {fmt!r}")
     sibling = Path(ann_file).parent / "classes.txt" if Path(ann_file).is_file() else None
@@ -336,6 +338,8 @@ class AVADataset(_RobustDataset):
     actions outside the label map are skipped, keyframes in ``exclusions`` dropped.
     ``meta["orig_size"]`` is the decoded ``(H, W)`` (before transforms), ``meta["input_size"]``
     the returned clip's ``(H, W)`` — divide boxes by it to get normalised coordinates back.
+    ``mode`` is recorded for the caller; augmentation is entirely the ``transform``'s (e.g.
+    :func:`~kinetix.data.transforms.detection_transform` with ``train=True``).
     """
 
     def __init__(

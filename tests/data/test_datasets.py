@@ -208,6 +208,11 @@ def test_ava_boxes_labels_and_clip(ava_files, decode_all):
     torch.testing.assert_close(batch["boxes"][1], torch.tensor([[24.0, 12.0, 48.0, 24.0]]))
 
 
+def test_ava_csv_is_not_a_classification_list(ava_files):
+    with pytest.raises(DatasetError, match="use AVADataset"):
+        VideoClassificationDataset.from_annotations(ava_files / "ann.csv")
+
+
 def test_ava_flip_moves_boxes(ava_files):
     root = ava_files
     tf = T.Compose([T.RandomHorizontalFlip(1.0), T.Normalize((0,) * 3, (1,) * 3)])
