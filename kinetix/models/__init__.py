@@ -10,6 +10,7 @@ from ._registry import (
     model_entrypoint,
     register_model,
 )
+from ._vit_init import init_from_image_vit
 
 
 def _import_families() -> None:
@@ -29,6 +30,7 @@ __all__ = [
     "convert_checkpoint",
     "create_model",
     "get_pretrained_cfg",
+    "init_from_image_vit",
     "is_model",
     "list_models",
     "load_checkpoint",
