@@ -86,6 +86,11 @@ class DatasetReport:
             counts = sorted(self.class_counts.items(), key=lambda kv: -kv[1])
             lo, hi = counts[-1], counts[0]
             lines.append(f"  per class: max {hi[1]} ({hi[0]}), min {lo[1]} ({lo[0]})")
+            empty = [n for n, c in counts if c == 0]
+            if empty:
+                lines.append(
+                    f"  classes without samples: {len(empty)} ({', '.join(empty[:5])}{', ...' if len(empty) > 5 else ''})"
+                )
             for name, c in counts[:max_items]:
                 lines.append(f"    {c:>7}  {name}")
             if len(counts) > max_items:
@@ -197,9 +202,10 @@ def _check_classification(path: Path, root, fmt, classes, decode, max_videos, **
     report.num_samples = len(records)
     report.classes = list(names or sorted({str(r.label) for r in records}))
     counts = Counter(r.label for r in records)
-    report.class_counts = {
-        (names[k] if names and 0 <= k < len(names) else str(k)): v for k, v in sorted(counts.items())
-    }
+    report.class_counts = {n: counts.get(i, 0) for i, n in enumerate(names or [])}  # zeros included
+    report.class_counts.update(
+        {str(k): v for k, v in sorted(counts.items()) if not names or not 0 <= k < len(names)}
+    )
     _probe_all(report, [root / r.path for r in records], decode, max_videos)
     return report
 
