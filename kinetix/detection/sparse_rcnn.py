@@ -151,7 +151,7 @@ class SparseRCNN(nn.Module):
         H, W = image_size
         scale = features[0].new_tensor([W, H, W, H])
         boxes = (cxcywh_to_xyxy(self.init_proposal_boxes.weight) * scale)[None].expand(B, -1, -1)
-        pro = self.init_proposal_features.weight[None].expand(B, -1, -1)
+        pro = self.init_proposal_features.weight.repeat(B, 1, 1)  # (B, P, C); not a view of the weight
         all_logits, all_boxes = [], []
         for stage in self.head_series:
             logits, boxes, pro = stage(features, boxes, pro)
