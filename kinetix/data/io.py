@@ -537,7 +537,8 @@ def write_video(
 
     ``gop`` is the keyframe interval, ``crf``/``preset`` the usual x264 knobs, ``options`` any other
     encoder options; ``rotation`` (degrees ccw) stores a display matrix, as phones do. One encoder
-    thread by default so that the output is byte-identical across machines.
+    thread by default, for reproducible output (for byte-identical x264 files also pass
+    ``options={"x264-params": "mbtree=0"}``, as the synthetic datasets do).
     """
     arr = frames.numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
     if arr.dtype != np.uint8 or arr.ndim not in (3, 4) or (arr.ndim == 4 and arr.shape[-1] != 3):
