@@ -1,0 +1,219 @@
+"""The classification task: config -> (model, LightningModule, LightningDataModule), and evaluation.
+
+Every task module (this one, ``detection``) provides the same three functions, which
+:mod:`kinetix.engine.run` dispatches to from the config's ``task`` key:
+
+* ``build(cfg, stage, checkpoint=None) -> (LightningModule, LightningDataModule)``
+* ``evaluate(cfg, checkpoint, out_dir, **options) -> dict`` (metrics; writes reports into out_dir)
+* ``predict(cfg_or_none, videos, checkpoint=None, model_name=None, topk=5) -> list[dict]``
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import torch
+
+from kinetix.errors import ConfigError, DatasetError
+
+from .datamodule import VideoDataModule, fingerprint_files, resolve_data_settings
+from .module import ClassificationModule
+
+
+def read_class_names(path: str | Path) -> list[str]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such classes file (data.classes): one class name per line")
+    names = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+    if not names:
+        raise ConfigError(f"{path}: the classes file is empty")
+    return names
+
+
+def _ann_path(cfg, name: str) -> Path | None:
+    value = getattr(cfg.data, f"{name}_ann")
+    if value is None:
+        return None
+    p = Path(value)
+    if not p.is_absolute() and not p.exists() and cfg.data.root:
+        p = Path(cfg.data.root) / p
+    if not p.is_file():
+        raise ConfigError(f"data.{name}_ann: {p}: no such annotation file")
+    return p
+
+
+def _make_dataset(cfg, ann: Path, settings, mode: str, classes=None):
+    from kinetix.data.datasets import VideoClassificationDataset
+    from kinetix.data.transforms import test_transform, train_transform
+
+    d = cfg.data
+    norm = dict(
+        mean=settings.mean,
+        std=settings.std,
+        channel_order=settings.channel_order,
+        value_range=settings.value_range,
+    )
+    resize = settings.test_resize or settings.input_size * 256 // 224
+    if mode == "train":
+        transform = train_transform(
+            settings.input_size,
+            **norm,
+            scale_jitter=d.scale_jitter,
+            flip=d.flip,
+            flip_label_map={int(k): int(v) for k, v in (d.flip_label_map or {}).items()} or None,
+            randaugment=tuple(d.randaugment) if d.randaugment else None,
+            erase_prob=d.erase_prob,
+            color_jitter=d.color_jitter,
+        )
+        clips = 1
+    else:
+        clips, crops = settings.test_views if mode == "test" else (1, 1)
+        transform = test_transform(settings.input_size, **norm, resize=resize, crops=crops)
+    return VideoClassificationDataset.from_annotations(
+        ann,
+        d.root,
+        format=d.format,
+        classes=classes,
+        num_frames=settings.num_frames,
+        sampling=settings.sampling,
+        frame_interval=settings.frame_interval,
+        mode=mode,
+        num_clips=clips,
+        transform=transform,
+        short_side=resize,
+        max_bad_fraction=d.max_bad_fraction,
+        seed=cfg.seed,
+    )
+
+
+def _classes(cfg, ann: Path | None, checkpoint) -> tuple[list[str] | None, int | None]:
+    """Class names (config file, checkpoint, annotations) and the number of classes."""
+    from kinetix.data.datasets import load_annotations
+
+    if cfg.data.classes:
+        names = read_class_names(cfg.data.classes)
+        return names, len(names)
+    if checkpoint is not None:
+        from .checkpoint import read_manifest
+
+        path = Path(checkpoint)
+        if not path.is_file():
+            names = read_manifest(path).get("class_names")
+            if names:
+                return list(names), len(names)
+    if ann is None:
+        return None, None
+    records, names, _ = load_annotations(ann, cfg.data.format)
+    if names:
+        return list(names), len(names)
+    return None, max((r.label for r in records), default=-1) + 1
+
+
+def build_model(cfg, num_classes: int | None):
+    from kinetix.models import create_model
+
+    kwargs = dict(cfg.model.kwargs)
+    if cfg.model.num_frames is not None:
+        kwargs["num_frames"] = cfg.model.num_frames
+    if num_classes:
+        kwargs.setdefault("num_classes", num_classes)
+    model = create_model(
+        cfg.model.name, pretrained=cfg.model.pretrained, checkpoint=cfg.model.checkpoint, **kwargs
+    )
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def build(cfg, stage: str = "fit", checkpoint=None):
+    """LightningModule and LightningDataModule for ``stage`` (``fit`` or ``test``)."""
+    anns = {s: _ann_path(cfg, s) for s in ("train", "val", "test")}
+    if stage == "fit" and anns["train"] is None:
+        raise ConfigError("training needs data.train_ann (an annotation file)")
+    if stage != "fit" and anns["test"] is None and anns["val"] is None:
+        raise ConfigError("evaluation needs data.test_ann or data.val_ann (an annotation file)")
+    probe = anns["train"] if stage == "fit" else (anns["test"] or anns["val"])
+    names, num_classes = _classes(cfg, probe, checkpoint)
+    model = build_model(cfg, num_classes)
+    k = model.pretrained_cfg.num_classes
+    class_names = names if names and len(names) == k else [str(i) for i in range(k)]
+    settings = resolve_data_settings(model.pretrained_cfg, cfg.data, cfg.eval)
+    classes_arg = names if names and len(names) == k else None  # fixes the label order of every split
+    sets = {}
+    if stage == "fit":
+        sets["train"] = _make_dataset(cfg, anns["train"], settings, "train", classes_arg)
+        if anns["val"] is not None:
+            sets["val"] = _make_dataset(cfg, anns["val"], settings, "val", classes_arg)
+    else:
+        sets["test"] = _make_dataset(cfg, anns["test"] or anns["val"], settings, "test", classes_arg)
+    for split, ds in sets.items():
+        if len(ds) == 0:
+            raise DatasetError(f"the {split} split ({anns[split] or anns['val']}) has no samples")
+    fingerprint = fingerprint_files(anns.values())
+    dm = VideoDataModule(
+        sets.get("train"),
+        sets.get("val"),
+        sets.get("test"),
+        batch_size=cfg.data.batch_size,
+        val_batch_size=cfg.data.val_batch_size,
+        num_workers=cfg.data.num_workers,
+        seed=cfg.seed,
+        class_names=class_names,
+        fingerprint=fingerprint,
+    )
+    meta = {"dataset_fingerprint": fingerprint, "data_settings": dict(settings.__dict__)}
+    return ClassificationModule(model, cfg, class_names, meta=meta), dm
+
+
+def evaluate(cfg, checkpoint, out_dir, *, trainer_kwargs=None, quiet: bool = False) -> dict:
+    """Multi-view test of a checkpoint: metrics dict; per-class CSV, confusion PNG, JSON in ``out_dir``."""
+    from .run import build_trainer, load_weights
+
+    module, dm = build(cfg, "test", checkpoint=checkpoint)
+    load_weights(module, checkpoint)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    settings = resolve_data_settings(module.model.pretrained_cfg, cfg.data, cfg.eval)
+    dm.setup("test")
+    n_views = settings.test_views[0] * settings.test_views[1]
+    distinct = _distinct_views(dm.test_set, n_views)
+    trainer = build_trainer(cfg, out_dir, stage="test", **(trainer_kwargs or {}))
+    trainer.test(module, datamodule=dm, verbose=False)
+    res = dict(module.test_results)
+    meter = module.test_meter
+    res.update(
+        views=list(settings.test_views),
+        distinct_views=distinct,
+        aggregate=cfg.eval.aggregate,
+        reverse_frames=cfg.eval.reverse_frames,
+        checkpoint=str(checkpoint),
+    )
+    if trainer.is_global_zero:
+        meter.write_per_class_csv(out_dir / "per_class.csv", module.class_names)
+        meter.plot_confusion(
+            out_dir / "confusion.png",
+            module.class_names,
+            f"{cfg.model.name}{' (time-reversed)' if cfg.eval.reverse_frames else ''}",
+        )
+        (out_dir / "metrics.json").write_text(json.dumps(res, indent=2) + "\n")
+    res["meter"] = meter
+    return res
+
+
+def _distinct_views(dataset, n_views: int) -> int:
+    """Distinct views of the first test sample (warns when some are duplicates)."""
+    from .multiview import check_views
+
+    if n_views == 1 or len(dataset) == 0:
+        return 1
+    video = dataset[0]["video"]
+    if video.dim() == 4:
+        return 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        n = check_views(video)
+    for w in caught:
+        warnings.warn(str(w.message), stacklevel=2)
+    return n

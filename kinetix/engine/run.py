@@ -1,0 +1,195 @@
+"""Entry points behind ``kinetix train / test / predict``: :func:`fit`, :func:`test`, :func:`predict`.
+
+The config's ``task`` picks a task module (``kinetix.engine.classification``,
+``kinetix.engine.detection``) that builds the LightningModule and LightningDataModule and evaluates;
+everything else (trainer, devices, DDP, precision, checkpoints, run folders) is shared here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import warnings
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+
+from kinetix.errors import CheckpointError, ConfigError
+
+from .checkpoint import (
+    EMA_FILE,
+    MODEL_FILE,
+    KinetixCheckpointIO,
+    PeriodicCheckpoint,
+    read_manifest,
+    resolve_checkpoint,
+)
+
+TASKS = {"classification": "kinetix.engine.classification", "detection": "kinetix.engine.detection"}
+_RUN_DIR_ENV = "KINETIX_RUN_DIR"  # shared by DDP ranks launched by Lightning
+
+
+def task_module(cfg):
+    name = TASKS.get(cfg.task)
+    if name is None:
+        raise ConfigError(f"task: unknown task {cfg.task!r}; one of {', '.join(TASKS)}")
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name == name:
+            raise ConfigError(f"task {cfg.task!r} is not available in this installation") from e
+        raise
+
+
+def _launched_externally() -> bool:
+    """torchrun / SLURM started every rank itself (all ranks must agree on the run folder)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 or int(os.environ.get("SLURM_NTASKS", "1")) > 1
+
+
+def make_run_dir(cfg) -> Path:
+    """``output_dir/name``; if it exists already, ``name-v1``, ``name-v2``, ... (never overwritten).
+
+    DDP children launched by Lightning inherit the parent's choice; under torchrun/SLURM every rank
+    uses ``output_dir/name`` as is (give each run its own name)."""
+    if os.environ.get(_RUN_DIR_ENV):
+        return Path(os.environ[_RUN_DIR_ENV])
+    base = Path(cfg.train.output_dir) / cfg.train.name
+    run_dir = base
+    if not _launched_externally():
+        v = 0
+        while run_dir.exists() and any(run_dir.iterdir()):
+            v += 1
+            run_dir = base.with_name(f"{base.name}-v{v}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    os.environ[_RUN_DIR_ENV] = str(run_dir)
+    return run_dir
+
+
+def build_trainer(cfg, run_dir: Path, stage: str = "fit", callbacks=(), **overrides) -> pl.Trainer:
+    t = cfg.train
+    strategy = t.strategy
+    if strategy == "ddp" and t.accelerator == "cpu":
+        strategy = "ddp"  # gloo on CPU, chosen by Lightning
+    kwargs = dict(
+        accelerator=t.accelerator,
+        devices=t.devices if stage == "fit" else 1,
+        num_nodes=t.num_nodes if stage == "fit" else 1,
+        strategy=strategy if stage == "fit" else "auto",
+        precision=t.precision,
+        max_epochs=t.epochs,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        gradient_clip_val=t.gradient_clip_val,
+        check_val_every_n_epoch=t.val_every_n_epochs,
+        log_every_n_steps=t.log_every_n_steps,
+        enable_checkpointing=False,  # kinetix's PeriodicCheckpoint does it (safetensors, atomic)
+        enable_progress_bar=t.progress_bar,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,  # ResumableSampler shards itself
+        default_root_dir=str(run_dir),
+        logger=pl.loggers.CSVLogger(str(run_dir), name="logs", version="") if stage == "fit" else False,
+        plugins=[KinetixCheckpointIO()],
+        callbacks=list(callbacks),
+    )
+    kwargs.update(overrides)
+    return pl.Trainer(**kwargs)
+
+
+def _quiet_lightning() -> None:
+    import logging
+
+    for name in (
+        "lightning.pytorch.utilities.rank_zero",
+        "lightning.pytorch.accelerators.cuda",
+        "lightning.fabric.utilities.rank_zero",
+    ):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", ".*dataloader is not resumable.*")  # ours is, via the datamodule
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    warnings.filterwarnings("ignore", ".*checkpoint_io.*")
+    warnings.filterwarnings("ignore", ".*LeafSpec.*")
+
+
+def fit(cfg, resume: str | Path | None = None, callbacks=(), **trainer_overrides) -> dict:
+    """Train from a config; ``resume`` continues a run from a checkpoint (or a run folder's latest).
+
+    Returns ``{"run_dir", "checkpoint", "best", "metrics"}``."""
+    from kinetix.config import config_to_yaml
+
+    _quiet_lightning()
+    task = task_module(cfg)
+    ckpt = resolve_checkpoint(resume) if resume is not None else None
+    if ckpt is not None:
+        run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+        os.environ.setdefault(_RUN_DIR_ENV, str(run_dir))
+    else:
+        run_dir = make_run_dir(cfg)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    module, dm = task.build(cfg, "fit")
+    ckpt_dir = run_dir / "checkpoints"
+    module.meta["checkpoint_dir"] = str(ckpt_dir)
+    saver = PeriodicCheckpoint(ckpt_dir, cfg.train.checkpoint_every_n_steps, cfg.train.keep_last)
+    trainer = build_trainer(cfg, run_dir, "fit", [saver, *callbacks], **trainer_overrides)
+    if trainer.is_global_zero:
+        name = "config.yaml" if ckpt is None else f"config-resume-{ckpt.name}.yaml"
+        (run_dir / name).write_text(config_to_yaml(cfg))
+    trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    best = ckpt_dir / "best"
+    return {
+        "run_dir": run_dir,
+        "checkpoint": resolve_checkpoint(ckpt_dir) if trainer.is_global_zero else None,
+        "best": best if best.exists() else None,
+        "metrics": metrics,
+        "module": module,
+        "trainer": trainer,
+    }
+
+
+def load_weights(module, checkpoint: str | Path) -> None:
+    """Load a checkpoint's weights into ``module.model`` (and ``module.ema``): a checkpoint folder,
+    a run folder (its latest checkpoint) or a bare ``.safetensors`` / foreign weights file."""
+    from kinetix.models import load_checkpoint
+
+    path = Path(checkpoint)
+    if path.is_file():
+        load_checkpoint(module.model, path)
+        if getattr(module, "ema", None) is not None:
+            module.ema.module.load_state_dict(module.model.state_dict())
+        return
+    path = resolve_checkpoint(path)
+    load_checkpoint(module.model, path / MODEL_FILE)
+    if getattr(module, "ema", None) is not None:
+        src = path / EMA_FILE if (path / EMA_FILE).exists() else path / MODEL_FILE
+        load_checkpoint(module.ema.module, src)
+
+
+def checkpoint_config(checkpoint: str | Path):
+    """The resolved config stored in a checkpoint (folder or weights file)."""
+    from kinetix.config import config_from_dict
+
+    path = Path(checkpoint)
+    if path.is_file() and path.suffix == ".safetensors":
+        from kinetix.utils.state_dict import read_safetensors_metadata
+
+        meta = read_safetensors_metadata(path)
+        if "config" not in meta:
+            raise CheckpointError(f"{path}: carries no kinetix config; pass a config file or --model")
+        return config_from_dict(json.loads(meta["config"]), str(path))
+    return config_from_dict(read_manifest(path)["config"], str(resolve_checkpoint(path) / "manifest.json"))
+
+
+def test(cfg, checkpoint: str | Path, out_dir: str | Path | None = None, **options) -> dict:
+    """Evaluate ``checkpoint`` on the config's test (or val) split; reports go to ``out_dir``
+    (default: ``<checkpoint>/eval``)."""
+    _quiet_lightning()
+    task = task_module(cfg)
+    ckpt = Path(checkpoint)
+    if out_dir is None:
+        base = resolve_checkpoint(ckpt) if not ckpt.is_file() else ckpt.parent
+        tag = "eval-reversed" if cfg.eval.reverse_frames else "eval"
+        out_dir = base / tag
+    torch.manual_seed(cfg.seed)
+    return task.evaluate(cfg, checkpoint, out_dir, **options)
