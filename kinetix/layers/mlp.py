@@ -28,5 +28,9 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden_features, out_features, bias=bias)
         self.drop2 = nn.Dropout(drop)
 
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """``act(fc1(x))`` (after dropout): the input of ``fc2``."""
+        return self.drop1(self.act(self.fc1(x)))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+        return self.drop2(self.fc2(self.hidden(x)))

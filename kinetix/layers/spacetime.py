@@ -118,6 +118,14 @@ def axis_sdpa(
     return o, po
 
 
+def add_linear(x: torch.Tensor, h: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
+    """``x + linear(h)`` with the residual folded into the GEMM (``addmm_`` accumulates into
+    ``x + bias``), one pass over the output fewer than ``x + linear(h)``. Shapes ``(..., C)``."""
+    out = x + linear.bias if linear.bias is not None else x.clone()  # new contiguous (..., C)
+    out.view(-1, out.shape[-1]).addmm_(h.reshape(-1, h.shape[-1]), linear.weight.t())
+    return out
+
+
 class SpaceTimeBlock(nn.Module):
     """Pre-norm transformer block with a space-time attention scheme (see the module docstring)."""
 
@@ -243,8 +251,15 @@ class SpaceTimeBlock(nn.Module):
         pqkv = attn.qkv_packed(norm(cls)) if with_prefix and cls.shape[1] else None
         o, po = axis_sdpa(attn, attn.qkv_packed(norm(xp)), dims, pqkv)
         keep = self._keep(x)
-        res = self._scale(attn.proj_drop(attn.proj(o.flatten(-2))), keep)  # (B, d1, d2, d3, C)
-        xp = xp + (lin(res) if lin is not None else res)
+        if keep is None and not self.training:  # inference: residual adds folded into the GEMMs
+            xp = (
+                add_linear(xp, attn.proj(o.flatten(-2)), lin)
+                if lin is not None
+                else add_linear(xp, o.flatten(-2), attn.proj)
+            )
+        else:
+            res = self._scale(attn.proj_drop(attn.proj(o.flatten(-2))), keep)  # (B, d1, d2, d3, C)
+            xp = xp + (lin(res) if lin is not None else res)
         if po is not None:
             pres = self._scale(attn.proj_drop(attn.proj(po.flatten(-2))), keep)  # (B, P, C)
             cls = cls + (lin(pres) if lin is not None else pres)
@@ -264,4 +279,6 @@ class SpaceTimeBlock(nn.Module):
         """``x``: ``(B, P + T*H*W, C)``; ``grid``: ``(T, H, W)`` token grid (unused by ``"joint"``)."""
         for stage in self._stages:
             x = stage(x, grid)
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        if self.training:
+            return x + self.drop_path(self.mlp(self.norm2(x)))
+        return add_linear(x, self.mlp.hidden(self.norm2(x)), self.mlp.fc2)  # x + mlp(norm2(x))
