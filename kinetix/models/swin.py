@@ -167,6 +167,8 @@ class InterFrameResidual(nn.Module):
 
     def __init__(self, dim: int, kernel_size: int = 3):
         super().__init__()
+        if kernel_size % 2 == 0:
+            raise ValueError(f"SIFA needs an odd neighbourhood size, got {kernel_size}")
         self.kernel_size = kernel_size
         self.norm = nn.LayerNorm(dim)
         nn.init.zeros_(self.norm.weight)
