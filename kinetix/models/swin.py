@@ -93,11 +93,23 @@ def window_layout(h: int, w: int, window: int, shift: int, device: torch.device)
     return idx, inv, mask.unsqueeze(1)  # (nW, 1, N, N)
 
 
+@functools.lru_cache(maxsize=32)
+def relative_position_index(window: int, device: torch.device) -> torch.Tensor:
+    """``(N*N,)`` row of ``relative_position_bias_table`` for every token pair of a window (official
+    Swin: ``(dy + w - 1) * (2w - 1) + (dx + w - 1)``, pairs in row-major query, key order)."""
+    r = torch.arange(window, device=device)
+    ys, xs = torch.meshgrid(r, r, indexing="ij")
+    ys, xs = ys.flatten(), xs.flatten()  # (N,)
+    dy, dx = ys[:, None] - ys[None, :] + window - 1, xs[:, None] - xs[None, :] + window - 1  # (N, N)
+    return (dy * (2 * window - 1) + dx).flatten()
+
+
 class WindowAttention(Attention):
     """Multi-head self-attention inside windows with a relative position bias (W-MSA / SW-MSA).
 
     ``(B, nW, N, C) -> (B, nW, N, C)`` with ``N = window**2``; ``mask`` ``(nW, 1, N, N)`` or ``None``.
-    Adds ``relative_position_bias_table`` ``((2w-1)**2, heads)`` to :class:`Attention`'s ``qkv``/``proj``;
+    Adds ``relative_position_bias_table`` ``((2w-1)**2, heads)`` to :class:`Attention`'s ``qkv``/``proj``
+    (the official ``relative_position_index`` buffer is a cached function here, not a state entry);
     the bias (and the shift mask) reach SDPA as one additive float mask. Windows and heads share the
     SDPA "heads" axis, ``(B, nW*heads, N, head_dim)``, so one ``(1, nW*heads, N, N)`` mask broadcasts
     over the batch and the fused CPU/GPU kernels apply.
@@ -107,17 +119,11 @@ class WindowAttention(Attention):
         super().__init__(dim, num_heads, qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop)
         self.window_size = window_size
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
-        coords = torch.stack(
-            torch.meshgrid(torch.arange(window_size), torch.arange(window_size), indexing="ij")
-        )
-        rel = coords.flatten(1)[:, :, None] - coords.flatten(1)[:, None, :] + window_size - 1  # (2, N, N)
-        self.register_buffer(
-            "relative_position_index", rel[0] * (2 * window_size - 1) + rel[1], persistent=False
-        )
 
     def relative_position_bias(self) -> torch.Tensor:
         n = self.window_size**2
-        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]  # (N*N, heads)
+        index = relative_position_index(self.window_size, self.relative_position_bias_table.device)
+        bias = self.relative_position_bias_table[index]  # (N*N, heads)
         return bias.view(n, n, -1).permute(2, 0, 1)  # (heads, N, N)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

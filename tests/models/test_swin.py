@@ -19,6 +19,7 @@ from kinetix.models.swin import (
     TemporalConv,
     init_from_image_swin,
     local_inter_frame_attention,
+    relative_position_index,
 )
 
 TINY = dict(
@@ -158,7 +159,9 @@ def _official_image_sd(model: SwinTransformer) -> dict:
     sd = dict(model.state_dict())
     for name, m in model.named_modules():
         if isinstance(m, SwinBlock):
-            sd[f"{name}.attn.relative_position_index"] = m.attn.relative_position_index
+            sd[f"{name}.attn.relative_position_index"] = relative_position_index(m.window_size, "cpu").view(
+                m.window_size**2, -1
+            )
             if m.shift_size:
                 sd[f"{name}.attn_mask"] = torch.zeros(4, m.window_size**2, m.window_size**2)
     return {"model": sd}
@@ -216,7 +219,9 @@ def _released_sifa_sd(model: SwinTransformer, frames: int) -> dict:
                 for kind in ("weight", "bias"):
                     sd[p + f"{part}.{kind}"] = own[p + f"{part}.{kind}"]
             sd[p + "attn.relative_position_bias_table"] = own[p + "attn.relative_position_bias_table"]
-            sd[p + "attn.relative_position_index"] = blk.attn.relative_position_index
+            sd[p + "attn.relative_position_index"] = relative_position_index(blk.window_size, "cpu").view(
+                blk.window_size**2, -1
+            )
             sd[p + "def_cor.weight"] = torch.full((dim, frames // 4, 3, 3), 1.0 / dim)  # DefCorFixW
             if blk.shift_size:  # released blocks hold both terms; the unused one keeps its zero init
                 sd[p + "attn_mask"] = torch.zeros(1)
