@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kinetix.errors import CheckpointError
+from kinetix.layers.temporal import TemporalShift
 
 # (channels, num_frames) -> temporal layer
 TemporalFactory = Callable[[int, int], nn.Module]
@@ -56,15 +57,22 @@ class BasicBlock(nn.Module):
         self.downsample = downsample
         self.temporal_in, self.temporal_mid, _ = _slots(temporal, position)
         self.shift_identity = position == "block"
+        self.fused_shift = position == "input" and isinstance(temporal, TemporalShift)
 
     @staticmethod
     def temporal_channels(inplanes: int, planes: int, position: str) -> int:
         return inplanes if position in ("input", "block") else planes
 
-    def forward(self, x):
+    def _conv1(self, x):
+        """(conv1(temporal(x)), identity input); a residual TSM shift is done in place at inference."""
+        if self.fused_shift:
+            return self.temporal_in.apply_to(self.conv1, x), x
         xt = self.temporal_in(x)
-        identity = xt if self.shift_identity else x
-        out = self.relu(self.bn1(self.temporal_mid(self.conv1(xt))))
+        return self.conv1(xt), (xt if self.shift_identity else x)
+
+    def forward(self, x):
+        out, identity = self._conv1(x)
+        out = self.relu(self.bn1(self.temporal_mid(out)))
         out = self.bn2(self.conv2(out))
         if self.downsample is not None:
             identity = self.downsample(identity)
@@ -86,15 +94,17 @@ class Bottleneck(nn.Module):
         self.downsample = downsample
         self.temporal_in, self.temporal_mid, self.temporal_out = _slots(temporal, position)
         self.shift_identity = position == "block"
+        self.fused_shift = position == "input" and isinstance(temporal, TemporalShift)
 
     @staticmethod
     def temporal_channels(inplanes: int, planes: int, position: str) -> int:
         return inplanes if position in ("input", "block") else planes
 
+    _conv1 = BasicBlock._conv1
+
     def forward(self, x):
-        xt = self.temporal_in(x)
-        identity = xt if self.shift_identity else x
-        out = self.relu(self.bn1(self.temporal_mid(self.conv1(xt))))
+        out, identity = self._conv1(x)
+        out = self.relu(self.bn1(self.temporal_mid(out)))
         out = self.temporal_out(self.relu(self.bn2(self.conv2(out))))
         out = self.bn3(self.conv3(out))
         if self.downsample is not None:

@@ -93,9 +93,17 @@ def test_gsm_matches_official_formula(train):
     ref = GateShift(c, t)
     ref.load_state_dict(m.state_dict())
     ref.train(train)
-    torch.testing.assert_close(m(x), _gsm_reference(ref, x, t), rtol=1e-5, atol=1e-5)
+    x2 = x.clone().requires_grad_()
+    y, y_ref = m(x.requires_grad_()), _gsm_reference(ref, x2, t)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
     if train:
         torch.testing.assert_close(m.bn.running_mean, ref.bn.running_mean)
+        g = torch.randn_like(y)
+        (y * g).sum().backward()
+        (y_ref * g).sum().backward()
+        torch.testing.assert_close(x.grad, x2.grad, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(m.conv3D.weight.grad, ref.conv3D.weight.grad, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(m.bn.weight.grad, ref.bn.weight.grad, rtol=1e-4, atol=1e-4)
 
 
 def test_gsm_zero_init_is_channel_interleave():
@@ -118,3 +126,16 @@ def test_causal_gsm_steps_like_the_clip():
     x2 = x.view(2, t, c, 3, 3).clone()
     x2[:, -1] += 1
     torch.testing.assert_close(m(x2.view(-1, c, 3, 3)).view(2, t, c, 3, 3)[:, :-1], y[:, :-1])
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_inplace_inference_shift_equals_out_of_place_and_restores_input(causal):
+    layer, conv = TemporalShift(16, 4, causal=causal), torch.nn.Conv2d(16, 8, 1)
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        x = torch.randn(8, 16, 3, 3).contiguous(memory_format=fmt)
+        x0 = x.clone()
+        ref = conv(layer(x))
+        with torch.no_grad():
+            got = layer.apply_to(conv, x)
+        torch.testing.assert_close(got, ref)
+        assert torch.equal(x, x0)

@@ -96,3 +96,11 @@ def test_api_and_gsm_variants():
     with torch.device("meta"):
         g = create_model("gsm_r50")
     assert sum(isinstance(x, GateShift) for x in g.modules()) == 16
+
+
+def test_inference_fast_path_equals_autograd_path():
+    m = create_model("test_tsm").eval()
+    x = torch.randn(2, 3, 8, 64, 64)
+    ref = m(x)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), ref)
