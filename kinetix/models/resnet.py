@@ -263,13 +263,17 @@ def load_image_weights(model: nn.Module, path_or_state_dict) -> list[str]:
     backbone = getattr(model, "backbone", model)
     is_file = not isinstance(path_or_state_dict, dict)
     sd = read_state_dict(path_or_state_dict) if is_file else path_or_state_dict
+    head = ("fc.", "last_linear.")  # torchvision / Caffe BN-Inception (yaml or Cadene) classifier
     sd = {
-        k.removeprefix("module."): v for k, v in sd.items() if not k.removeprefix("module.").startswith("fc.")
+        k.removeprefix("module."): v for k, v in sd.items() if not k.removeprefix("module.").startswith(head)
     }
     fn = getattr(backbone, "image_filter_fn", None)
     if fn is not None:
         sd = fn(sd)
     own = {k: v for k, v in backbone.state_dict().items() if not k.startswith("fc.")}
+    # Caffe converters store BN vectors as (1, C): same values, other shape
+    sd = {k: v.reshape(own[k].shape) if k in own and v.shape != own[k].shape and v.numel() == own[k].numel() else v
+          for k, v in sd.items()}  # fmt: skip
     extra = tuple(temporal_prefixes(backbone))
     missing = sorted(set(own) - set(sd))
     bad = [k for k in missing if not k.startswith(extra)]

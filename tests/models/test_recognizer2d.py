@@ -104,3 +104,19 @@ def test_inference_fast_path_equals_autograd_path():
     ref = m(x)
     with torch.no_grad():
         torch.testing.assert_close(m(x), ref)
+
+
+def test_bninception_image_weights():
+    from kinetix.errors import CheckpointError
+    from kinetix.models.bninception import BNInception
+    from kinetix.models.resnet import load_image_weights
+
+    with torch.device("meta"):
+        image = BNInception(num_classes=1000).state_dict()
+        image["conv1_7x7_s2_bn.weight"] = image["conv1_7x7_s2_bn.weight"].view(1, 64)  # Caffe (1, C)
+        assert load_image_weights(create_model("tsn_bninception"), image) == []
+        missing = load_image_weights(create_model("gsm_bninception"), image)
+        assert len(missing) == 10 * 7 and all(k.startswith("gsm_") for k in missing)  # conv3D w/b + bn (5)
+        del image["inception_4d_1x1.bias"]
+        with pytest.raises(CheckpointError, match="inception_4d_1x1.bias"):
+            load_image_weights(create_model("gsm_bninception"), image)
