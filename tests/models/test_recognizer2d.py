@@ -118,5 +118,5 @@ def test_bninception_image_weights():
         missing = load_image_weights(create_model("gsm_bninception"), image)
         assert len(missing) == 10 * 7 and all(k.startswith("gsm_") for k in missing)  # conv3D w/b + bn (5)
         del image["inception_4d_1x1.bias"]
-        with pytest.raises(CheckpointError, match="inception_4d_1x1.bias"):
+        with pytest.raises(CheckpointError, match=r"inception_4d_1x1\.bias"):
             load_image_weights(create_model("gsm_bninception"), image)
