@@ -26,6 +26,7 @@ from kinetix.layers.pos_embed import sinusoid_table_3d
 from kinetix.layers.roi_align import roi_align
 from kinetix.models._pretrained import KINETICS_MEAN, KINETICS_STD, PretrainedCfg
 from kinetix.models._registry import register_model
+from kinetix.models.videomae import _from_hf as _videomae_from_hf
 
 from .boxes import clip_boxes, extend_boxes
 from .losses import DetectionCriterion
@@ -271,11 +272,13 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: EVAD) -> di
 
     EVAD: ``fpn_lateral*``/``fpn_output*`` → ``fpn.*``; ``init_proposal_*`` → ``sparse_rcnn.*``;
     ``det_head.s0_headseries.*`` → ``sparse_rcnn.head_series.*``; the rest keeps its name.
-    VideoMAE (``encoder.``/``backbone.``/``module.`` prefixes stripped): the encoder loads as is, its
+    VideoMAE (official, ``encoder.``/``backbone.``/``module.`` prefixes stripped, or Hugging Face): the encoder loads as is, its
     pre-training ``decoder.*``/``encoder_to_decoder``/``mask_token`` become ``det_head.*`` (as the
     official loader does) where shapes fit; keys the source lacks (FPN, heads) keep the model's
     initialisation, so a backbone checkpoint initialises the detector."""
     own = model.state_dict()
+    if any(k.startswith("videomae.") for k in state_dict):  # Hugging Face VideoMAE* encoder
+        state_dict = _videomae_from_hf(state_dict)
     out = {}
     for k, v in state_dict.items():
         for prefix in ("module.", "backbone.", "encoder."):
@@ -288,8 +291,6 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: EVAD) -> di
             k = k.replace("det_head.s0_headseries.", "sparse_rcnn.head_series.")
         elif k.startswith(("decoder.", "encoder_to_decoder.", "mask_token")):
             k = "det_head." + k
-        elif k.startswith("fc_norm."):  # VideoMAE fine-tuned: mean-pool norm plays the final norm
-            k = "norm." + k[len("fc_norm.") :]
         if k in own and own[k].shape == v.shape:
             out[k] = v
     if not any(k.startswith("blocks.") for k in out):

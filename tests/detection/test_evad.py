@@ -188,6 +188,14 @@ def test_converter_from_official_and_videomae_layouts(tmp_path):
     assert torch.equal(conv["blocks.3.mlp.fc2.weight"], src.state_dict()["blocks.3.mlp.fc2.weight"])
     assert torch.equal(conv["det_head.encoder_to_decoder.weight"], src.det_head.encoder_to_decoder.weight)
     assert torch.equal(conv["fpn.fpn_output2.weight"], fresh.state_dict()["fpn.fpn_output2.weight"])
+    # Hugging Face VideoMAE encoder keys (separate q/k/v) go through the VideoMAE converter
+    hf = {"videomae.embeddings.patch_embeddings.projection.weight": src.patch_embed.proj.weight}
+    w = src.blocks[1].attn.qkv.weight
+    for j, name in enumerate(("query", "key", "value")):
+        hf[f"videomae.encoder.layer.1.attention.attention.{name}.weight"] = w[j * 48 : (j + 1) * 48]
+    conv = checkpoint_filter_fn(hf, fresh)
+    assert torch.equal(conv["blocks.1.attn.qkv.weight"], w)
+    assert torch.equal(conv["patch_embed.proj.weight"], src.patch_embed.proj.weight)
     # and native kinetix weights round-trip through safetensors
     save_model_weights(src, tmp_path / "w.safetensors")
     again = create_model("test_evad", checkpoint=str(tmp_path / "w.safetensors"))

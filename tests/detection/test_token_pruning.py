@@ -5,7 +5,13 @@ import math
 import pytest
 import torch
 
-from kinetix.detection.token_pruning import Block, KTPBlock, attention_with_importance, keyframe_first
+from kinetix.detection.token_pruning import (
+    Block,
+    KTPBlock,
+    attention_with_importance,
+    explicit_attention_importance,
+    keyframe_first,
+)
 from kinetix.utils.flops import count_flops
 
 S, N, C = 6, 30, 24  # 6 keyframe tokens out of 30 (5 slices of 2x3)
@@ -20,15 +26,27 @@ def _brute_importance(attn, x, num_key, w_kf):
 
 
 @pytest.mark.parametrize("w_kf", [1.0, 4.0])
-@pytest.mark.parametrize("chunk", [7, 1024])  # chunk boundaries inside and outside the keyframe rows
-def test_importance_and_output_match_brute_force(w_kf, chunk):
-    blk = Block(C, 3).double()
-    x = torch.randn(2, N, C, dtype=torch.float64)
-    out, score = attention_with_importance(blk.attn, x, S, w_kf, chunk=chunk)
-    torch.testing.assert_close(score, _brute_importance(blk.attn, x, S, w_kf))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_importance_and_output_match_brute_force(w_kf, dtype):
+    blk = Block(C, 3).to(dtype)
+    x = torch.randn(2, N, C, dtype=dtype)
+    out, score = attention_with_importance(blk.attn, x, S, w_kf)  # CPU: two flash passes
+    want = _brute_importance(blk.attn, x, S, w_kf).float()
+    torch.testing.assert_close(score.float(), want, rtol=1e-5, atol=1e-7)
     q, k, v = blk.attn.qkv_heads(x)
     ref = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(2, N, C)
     torch.testing.assert_close(out, ref)
+
+
+@pytest.mark.parametrize("w_kf", [1.0, 4.0])
+@pytest.mark.parametrize("chunk", [7, 1024])  # chunk boundaries inside and outside the keyframe rows
+def test_explicit_importance_matches_brute_force(w_kf, chunk):
+    blk = Block(C, 3).double()
+    x = torch.randn(2, N, C, dtype=torch.float64)
+    q, k, v = blk.attn.qkv_heads(x)
+    out, score = explicit_attention_importance(q, k, v, S, w_kf, blk.attn.scale, chunk=chunk)
+    torch.testing.assert_close(score, _brute_importance(blk.attn, x, S, w_kf))
+    torch.testing.assert_close(out, torch.nn.functional.scaled_dot_product_attention(q, k, v))
 
 
 @pytest.mark.parametrize("rate", [0.7, 0.5, 0.25])
@@ -100,4 +118,6 @@ def test_flop_counter_sees_the_explicit_attention():
 
     got = count_flops(Wrap(), torch.randn(1, N, C)).gmacs * 1e9
     linear = N * C * 3 * C + N * C * C + 2 * N * C * 4 * C
-    assert got == pytest.approx(linear + 2 * N * N * C)  # q·kᵀ and p·v are counted
+    attention = 2 * N * N * C  # q·kᵀ and p·v
+    importance = 2 * (N - S) * N * 3 * 16  # the swapped pass: 3 heads of 8 + 1 channels, padded to 16
+    assert got == pytest.approx(linear + attention + importance)
