@@ -119,10 +119,14 @@ def axis_sdpa(
 
 
 def add_linear(x: torch.Tensor, h: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
-    """``x + linear(h)`` with the residual folded into the GEMM (``addmm_`` accumulates into
-    ``x + bias``), one pass over the output fewer than ``x + linear(h)``. Shapes ``(..., C)``."""
+    """``x + linear(h)`` with the residual folded into the GEMM (``addmm`` accumulates into
+    ``x + bias``): one pass over the output fewer. Shapes ``(..., C)``. Without autograd only
+    (``out=`` ops are not differentiable); with grad enabled it is the plain expression."""
+    if torch.is_grad_enabled():
+        return x + linear(h)
     out = x + linear.bias if linear.bias is not None else x.clone()  # new contiguous (..., C)
-    out.view(-1, out.shape[-1]).addmm_(h.reshape(-1, h.shape[-1]), linear.weight.t())
+    flat = out.view(-1, out.shape[-1])
+    torch.addmm(flat, h.reshape(-1, h.shape[-1]), linear.weight.t(), out=flat)
     return out
 
 

@@ -3,7 +3,13 @@ import itertools
 import pytest
 import torch
 
-from kinetix.layers.spacetime import ATTENTION_TYPES, SpaceTimeBlock, local_global_mask, token_coords
+from kinetix.layers.spacetime import (
+    ATTENTION_TYPES,
+    SpaceTimeBlock,
+    add_linear,
+    local_global_mask,
+    token_coords,
+)
 
 DIM, HEADS = 16, 4
 
@@ -59,7 +65,10 @@ def test_block_equals_masked_joint_reference(attention, layout):
     grid = (3, 4, 5)
     b = _block(attention, layout, prefix=0)
     x = torch.randn(2, 60, DIM)
-    torch.testing.assert_close(b(x, grid), _reference(b, x, grid), atol=2e-5, rtol=1e-4)
+    ref = _reference(b, x, grid)
+    torch.testing.assert_close(b(x, grid), ref, atol=2e-5, rtol=1e-4)
+    with torch.no_grad():  # inference path: residual adds folded into the GEMMs
+        torch.testing.assert_close(b(x, grid), ref, atol=2e-5, rtol=1e-4)
 
 
 def test_divided_with_one_frame_equals_space_only_block():
@@ -69,6 +78,8 @@ def test_divided_with_one_frame_equals_space_only_block():
     _share(div, space)
     x = torch.randn(2, 1 + 12, DIM)
     torch.testing.assert_close(div(x, grid), space(x, grid), atol=1e-6, rtol=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(div(x, grid), space(x, grid), atol=1e-6, rtol=1e-6)
     torch.nn.init.normal_(div.temporal_fc.weight)  # the property hinges on the zero temporal_fc
     assert not torch.allclose(div(x, grid), space(x, grid), atol=1e-3)
 
@@ -150,3 +161,19 @@ def test_every_scheme_accepts_any_grid_and_has_identity_extra_stages(attention):
     for name, p in b.named_parameters():
         if name.split(".")[0].endswith("_fc"):
             assert p.abs().sum() == 0
+
+
+def test_add_linear_matches_plain_expression_and_is_counted():
+    from kinetix.utils.flops import count_flops
+
+    lin = torch.nn.Linear(8, 6)
+    x, h = torch.randn(2, 5, 6), torch.randn(2, 5, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(add_linear(x, h, lin), x + lin(h))
+    assert add_linear(x, h, lin).requires_grad  # autograd path
+
+    class M(torch.nn.Module):
+        def forward(self, h):
+            return add_linear(x, h, lin)
+
+    assert count_flops(M(), h).gmacs * 1e9 == pytest.approx(2 * 5 * 8 * 6)  # the fused GEMM is counted
