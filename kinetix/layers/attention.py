@@ -62,12 +62,15 @@ class Attention(nn.Module):
         p = self.attn_drop if self.training else 0.0
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p, scale=self.scale)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def attend(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Multi-head attention before the output projection: ``(B, N, C) -> (B, N, C)``."""
         B, N, C = x.shape
-        q, k, v = self.qkv_heads(x)
-        x = self.sdpa(q, k, v, attn_mask)  # (B, H, N, hd)
-        x = x.transpose(1, 2).reshape(B, N, C)
-        return self.proj_drop(self.proj(x))
+        q, k, v = self.qkv_heads(x)  # strided views: SDPA reads them in place
+        x = self.sdpa(q, k, v, attn_mask)  # (B, H, N, hd), stored as (B, N, H, hd)
+        return x.transpose(1, 2).reshape(B, N, C)  # free for SDPA's (B, N, H, hd) storage
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.proj_drop(self.proj(self.attend(x, attn_mask)))
 
     def extra_repr(self) -> str:
         return f"num_heads={self.num_heads}, head_dim={self.head_dim}"

@@ -247,7 +247,14 @@ class SpaceTimeBlock(nn.Module):
         mask = None
         if mask_kind is not None:
             mask = local_global_mask(tuple(grid), self.layout, self.num_prefix_tokens, mask_kind).to(x.device)
-        res = self._scale(attn(norm(x), mask), self._keep(x))
+        keep = self._keep(x)
+        if keep is None and not self.training:  # inference: residual add folded into the GEMM
+            return (
+                add_linear(x, attn(norm(x), mask), lin)
+                if lin is not None
+                else add_linear(x, attn.attend(norm(x), mask), attn.proj)
+            )
+        res = self._scale(attn(norm(x), mask), keep)
         return x + (lin(res) if lin is not None else res)
 
     def _run_axis(self, norm, attn, lin, dims, with_prefix, x, grid):
