@@ -8,6 +8,7 @@
 3. GSM and SIFA overheads: gsm_bninception vs tsn_bninception, gsm_r50 / sifa_r50_plain vs tsn_r50.
 
 Usage: ``python benchmarks/temporal_cnn.py [--frames 8] [--size 224] [--repeats 5] [--threads N]``
+(``--threads 1`` makes the CPU-time column a clean measure of work on a shared machine.)
 """
 
 from __future__ import annotations
@@ -63,22 +64,27 @@ def _naive_tsm(shift_cls, frames):
 
 
 def _median_ms(fns: dict, repeats: int) -> dict:
-    """Interleaved timing (one call of each per round) so that load drifts hit all equally."""
+    """Interleaved timing (one call of each per round, so load drifts hit all alike).
+
+    Returns ``{name: (wall ms, cpu ms)}`` medians; the CPU time of this process is the steadier
+    figure on a shared machine (other processes' load inflates wall time, not our CPU time)."""
     times = {k: [] for k in fns}
     for fn in fns.values():  # warm-up
         fn()
     for _ in range(repeats):
         for k, fn in fns.items():
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             fn()
-            times[k].append(time.perf_counter() - t)
-    return {k: 1e3 * statistics.median(v) for k, v in times.items()}
+            times[k].append((time.perf_counter() - t, time.process_time() - c))
+    return {k: tuple(1e3 * statistics.median(x[i] for x in v) for i in (0, 1)) for k, v in times.items()}
 
 
 def _report(title, res, base):
     print(f"\n{title}")
-    for k, v in res.items():
-        print(f"  {k:<34s} {v:9.1f} ms   x{v / res[base]:.3f} vs {base}")
+    print(f"  {'':<36s} {'wall ms':>9s} {'ratio':>7s} {'cpu ms':>9s} {'ratio':>7s}")
+    bw, bc = res[base]
+    for k, (w, c) in res.items():
+        print(f"  {k:<36s} {w:9.1f} {w / bw:7.3f} {c:9.1f} {c / bc:7.3f}")
 
 
 @torch.no_grad()

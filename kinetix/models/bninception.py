@@ -9,7 +9,10 @@ Input ``(B*T, 3, 224, 224)`` in **BGR, 0..255, mean (104, 117, 128), std 1**;
 Temporal layers (chosen at build time): ``temporal="gsm"`` puts a Gate-Shift module after the first
 conv of the 1x1 branch of every inception block (``3x3_reduce`` in 3c and 4e, which have no 1x1
 branch), before its BN — the 10 official positions; ``temporal="shift"`` puts a TSM shift at the
-input of every stage but the stem (``conv2`` stage and 3a ... 5b; in-place placement).
+input of every stage but the stem (``conv2`` stage and 3a ... 5b), the official mask with the
+in-place (``block``) placement. The official ``blockres`` variant, ``relu(x + stage(shift(x)))``,
+fails on the stages that change channels or resolution (block_2, 3a-3c, 4c, 4e, 5a), so it is
+not offered.
 """
 
 from __future__ import annotations

@@ -228,6 +228,15 @@ def _cfg(**kw) -> PretrainedCfg:
 
 
 _K400 = {"k400": _cfg(source=_SRC_TSM, licence="CC-BY-NC-4.0 (official checkpoints)")}
+_TSN_R50 = {"k400": _K400["k400"].replace(paper_metrics={"k400_top1_8x1x1": 68.8, "k400_top1_8x1x10": 69.9})}
+_TSM_R50 = {
+    "k400": _K400["k400"].replace(
+        paper_metrics={"k400_top1_8x1x1": 71.2, "k400_top1_8x1x10": 72.8, "k400_top1_dense_8x10x3": 74.1}
+    ),
+    "ssv2": _cfg(
+        num_classes=174, test_views=(2, 3), source=_SRC_TSM, paper_metrics={"ssv2_top1_8x2x3": 61.2}
+    ),
+}
 _K400_CI = {"synthetic": _cfg(num_frames=8, input_size=64, num_classes=10, test_resize=64)}
 _BGR = dict(channel_order="BGR", value_range=255.0, mean=BNINCEPTION_MEAN, std=BNINCEPTION_STD)
 _SSV1_BGR = {"ssv1": _cfg(num_classes=174, source=_SRC_GSM, licence="see the official repository", **_BGR)}
@@ -276,7 +285,7 @@ def tsn_r18(**kwargs):
     return tsn_resnet(18, **kwargs)
 
 
-@register_model(cfgs=_K400)
+@register_model(cfgs=_TSN_R50)
 def tsn_r50(**kwargs):
     """TSN ResNet-50 (8x224: 32.9 GMACs, 24.33 M params with 400 classes)."""
     return tsn_resnet(50, **kwargs)
@@ -294,7 +303,7 @@ def tsm_r18(**kwargs):
     return tsm_resnet(18, **kwargs)
 
 
-@register_model(cfgs=_K400)
+@register_model(cfgs=_TSM_R50)
 def tsm_r50(**kwargs):
     """TSM ResNet-50 (residual shift, 1/8 + 1/8 channels); official K400 8f: 71.2% (1 clip, 1 crop)."""
     return tsm_resnet(50, **kwargs)
@@ -328,7 +337,8 @@ def tsn_bninception(**kwargs):
 
 @register_model(cfgs=_SSV1_BGR)
 def tsm_bninception(shift_div: int = 8, **kwargs):
-    """TSM BN-Inception: shift at the input of every stage but the stem (block_2, 3a ... 5b)."""
+    """TSM BN-Inception: in-place shift at the input of every stage but the stem (block_2, 3a ... 5b),
+    as the official mask; the official residual form cannot run where a stage changes shape."""
     return _bninception_recognizer(temporal="shift", shift_div=shift_div, **kwargs)
 
 
