@@ -5,8 +5,12 @@
 ``sampling_ratio × sampling_ratio`` bilinear samples. A sample outside ``[-1, H] × [-1, W]`` is 0;
 inside, its coordinates are clamped to the border pixels, exactly as the CUDA/C++ kernels do.
 
-Sampling runs through one ``F.grid_sample`` call (border padding = the kernels' clamping) with
-the out-of-range samples masked afterwards, so there is no loop over boxes.
+Sampling runs through one ``F.grid_sample`` call over all boxes (coordinates clamped as the kernels
+do; samples beyond the border moved far outside, where zero padding gives 0) and one ``avg_pool2d``
+over the ``g × g`` samples of each bin, so there is no loop over boxes.
+
+Like the CUDA/C++ kernels, the output is differentiable w.r.t. ``features`` only, not w.r.t. the
+box coordinates.
 
 Shapes: ``features (N, C, H, W)``, ``boxes (N, K, 4)`` x1, y1, x2, y2 in input-image pixels (the
 same number K of boxes per image, as in query-based detectors) → ``(N, K, C, ph, pw)``.
@@ -39,18 +43,24 @@ def roi_align(
     N, C, H, W = features.shape
     K = boxes.shape[1]
     g = sampling_ratio
-    b = boxes.to(features.dtype) * spatial_scale - (0.5 if aligned else 0.0)
+    # as the CUDA/C++ kernels: no gradient w.r.t. the box coordinates (only w.r.t. the features)
+    b = boxes.detach().to(features.dtype) * spatial_scale - (0.5 if aligned else 0.0)
     bw, bh = b[..., 2] - b[..., 0], b[..., 3] - b[..., 1]
     if not aligned:  # legacy RoIAlign forces boxes to be at least 1×1
         bw, bh = bw.clamp(min=1.0), bh.clamp(min=1.0)
-    ys = _sample_coords(b[..., 1], bh, ph, g)  # (N, K, ph·g)
-    xs = _sample_coords(b[..., 0], bw, pw, g)  # (N, K, pw·g)
+    ys = _inside(_sample_coords(b[..., 1], bh, ph, g), H)  # (N, K, ph·g)
+    xs = _inside(_sample_coords(b[..., 0], bw, pw, g), W)  # (N, K, pw·g)
     # grid_sample(align_corners=False) maps normalised u to pixel ((u + 1)·W − 1) / 2
     gx = ((2 * xs + 1) / W - 1)[:, :, None, :].expand(N, K, ph * g, pw * g)
     gy = ((2 * ys + 1) / H - 1)[:, :, :, None].expand(N, K, ph * g, pw * g)
-    grid = torch.stack([gx, gy], -1).reshape(N, K * ph * g, pw * g, 2)
-    out = F.grid_sample(features, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    valid = ((ys >= -1) & (ys <= H))[:, :, :, None] & ((xs >= -1) & (xs <= W))[:, :, None, :]
-    out = out.view(N, C, K, ph * g, pw * g) * valid[:, None].to(out.dtype)  # zero outside the map
-    out = out.view(N, C, K, ph, g, pw, g).mean((4, 6))  # (N, C, K, ph, pw)
-    return out.transpose(1, 2)
+    grid = torch.stack([gx, gy], -1).reshape(N, K * ph * g, pw * g, 2)  # boxes stacked along y
+    out = F.grid_sample(features, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    out = F.avg_pool2d(out, g) if g > 1 else out  # (N, C, K·ph, pw): g×g windows never straddle boxes
+    return out.view(N, C, K, ph, pw).transpose(1, 2)
+
+
+def _inside(coords: torch.Tensor, size: int) -> torch.Tensor:
+    """The kernels' border rule on sample coordinates: clamp ``[-1, size]`` to ``[0, size − 1]``; move
+    samples beyond it far outside, where zero padding makes all four neighbours 0."""
+    outside = (coords < -1) | (coords > size)
+    return torch.where(outside, torch.full_like(coords, -10.0), coords.clamp(0, size - 1))
