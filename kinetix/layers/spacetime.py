@@ -156,12 +156,8 @@ class SpaceTimeBlock(nn.Module):
             raise ValueError(f"attention must be one of {ATTENTION_TYPES}, got {attention!r}")
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-        self.dim, self.attention, self.layout, self.num_prefix_tokens = (
-            dim,
-            attention,
-            layout,
-            num_prefix_tokens,
-        )
+        self.dim, self.attention = dim, attention
+        self.layout, self.num_prefix_tokens = layout, num_prefix_tokens
         self._norm = norm_layer or partial(nn.LayerNorm, eps=1e-6)
         self._attn = partial(
             Attention, dim, num_heads, qkv_bias=qkv_bias, qv_bias_only=qv_bias_only, attn_drop=attn_drop
@@ -243,37 +239,30 @@ class SpaceTimeBlock(nn.Module):
     def _scale(res: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
         return res if keep is None else res * keep.view(-1, *([1] * (res.ndim - 1)))
 
+    def _add_branch(self, x, h, attn, lin, keep):
+        """``x + lin(proj(h))`` (``lin`` optional) with stochastic depth; ``h``: attention output
+        before ``attn.proj``. At inference the residual add is folded into the last GEMM."""
+        if keep is None and not self.training:
+            return add_linear(x, attn.proj(h), lin) if lin is not None else add_linear(x, h, attn.proj)
+        res = self._scale(attn.proj_drop(attn.proj(h)), keep)
+        return x + (lin(res) if lin is not None else res)
+
     def _run_full(self, norm, attn, lin, mask_kind, x, grid):
         mask = None
         if mask_kind is not None:
             mask = local_global_mask(tuple(grid), self.layout, self.num_prefix_tokens, mask_kind).to(x.device)
-        keep = self._keep(x)
-        if keep is None and not self.training:  # inference: residual add folded into the GEMM
-            return (
-                add_linear(x, attn(norm(x), mask), lin)
-                if lin is not None
-                else add_linear(x, attn.attend(norm(x), mask), attn.proj)
-            )
-        res = self._scale(attn(norm(x), mask), keep)
-        return x + (lin(res) if lin is not None else res)
+        return self._add_branch(x, attn.attend(norm(x), mask), attn, lin, self._keep(x))
 
     def _run_axis(self, norm, attn, lin, dims, with_prefix, x, grid):
         cls, xp = patch_view(x, grid, self.layout, self.num_prefix_tokens)  # (B, P, C), (B, d1, d2, d3, C)
         pqkv = attn.qkv_packed(norm(cls)) if with_prefix and cls.shape[1] else None
-        o, po = axis_sdpa(attn, attn.qkv_packed(norm(xp)), dims, pqkv)
+        o, po = axis_sdpa(
+            attn, attn.qkv_packed(norm(xp)), dims, pqkv
+        )  # (B, d1, d2, d3, h, hd), (B, P, h, hd)
         keep = self._keep(x)
-        if keep is None and not self.training:  # inference: residual adds folded into the GEMMs
-            xp = (
-                add_linear(xp, attn.proj(o.flatten(-2)), lin)
-                if lin is not None
-                else add_linear(xp, o.flatten(-2), attn.proj)
-            )
-        else:
-            res = self._scale(attn.proj_drop(attn.proj(o.flatten(-2))), keep)  # (B, d1, d2, d3, C)
-            xp = xp + (lin(res) if lin is not None else res)
+        xp = self._add_branch(xp, o.flatten(-2), attn, lin, keep)  # (B, d1, d2, d3, C)
         if po is not None:
-            pres = self._scale(attn.proj_drop(attn.proj(po.flatten(-2))), keep)  # (B, P, C)
-            cls = cls + (lin(pres) if lin is not None else pres)
+            cls = self._add_branch(cls, po.flatten(-2), attn, lin, keep)  # (B, P, C)
         return torch.cat([cls, xp.flatten(1, 3)], 1)
 
     def _run_factorised_dot(self, tdims, sdims, x, grid):
@@ -283,8 +272,7 @@ class SpaceTimeBlock(nn.Module):
         outs = [axis_sdpa(self.attn, qkv[..., :nt, :], tdims)[0]] if nt else []
         outs += [axis_sdpa(self.attn, qkv[..., nt:, :], sdims)[0]] if nt < self.attn.num_heads else []
         o = torch.cat(outs, -2) if len(outs) > 1 else outs[0]  # (B, d1, d2, d3, h, hd)
-        res = self._scale(self.attn.proj_drop(self.attn.proj(o.flatten(-2))), self._keep(x))
-        return x + res.flatten(1, 3)
+        return self._add_branch(xp, o.flatten(-2), self.attn, None, self._keep(x)).flatten(1, 3)
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int, int] | None = None) -> torch.Tensor:
         """``x``: ``(B, P + T*H*W, C)``; ``grid``: ``(T, H, W)`` token grid (unused by ``"joint"``)."""
