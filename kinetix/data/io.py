@@ -24,7 +24,7 @@ import itertools
 import os
 import re
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -191,8 +191,7 @@ class VideoReader:
         if self._index is None:
             cached = _INDEX_CACHE.get(self._key)
             if cached is None:
-                cached = _scan_packets(self.path, self._container, self._stream)
-                self._reopen()  # the scan consumed the demuxer
+                cached = _scan_packets(self.path, self._container, self._stream)  # every span seeks after
                 _INDEX_CACHE[self._key] = cached
                 while len(_INDEX_CACHE) > _INDEX_CACHE_SIZE:
                     _INDEX_CACHE.popitem(last=False)
@@ -305,7 +304,7 @@ class VideoReader:
             else:
                 self._container.seek(ts, stream=self._stream, backward=True)
             try:
-                for frame in self._container.decode(self._stream):
+                for frame in self._decode_forward(want):
                     self.frames_decoded += 1
                     slot = want.pop(frame.pts, None)
                     if slot is not None:
@@ -316,12 +315,34 @@ class VideoReader:
                 raise VideoDecodeError(
                     self.path, f"decoding failed near frame {uniq[lo]} ({e})", _FIX_FILE
                 ) from e
+            finally:
+                self._stream.codec_context.skip_frame = "DEFAULT"
             if not want:
                 return
         missing = sorted(index.pos_of_pts[p] for p in want)
         raise VideoDecodeError(
             self.path, f"frames {missing[:5]} could not be decoded (truncated or corrupt file?)", _FIX_FILE
         )
+
+    def _decode_forward(self, want: dict) -> Iterator[av.VideoFrame]:
+        """Decode from the current position until the packets of all ``want`` timestamps are in.
+
+        A frame that is not wanted and that no other frame references (H.264/HEVC non-reference
+        B-frames, ...) is discarded by the decoder unparsed; the others decode exactly as before.
+        Once the last wanted packet is sent the decoder is drained instead of fed further packets
+        (a B-frame decoder holds frames back for reordering). The next span seeks, which resets it.
+        """
+        ctx = self._stream.codec_context
+        pending = set(want)
+        for packet in self._container.demux(self._stream):
+            wanted = packet.pts is None or packet.pts in pending
+            ctx.skip_frame = "DEFAULT" if wanted else "NONREF"
+            yield from ctx.decode(packet)  # a size-0 packet at the end of the file drains too
+            pending.discard(packet.pts)
+            if not pending:
+                ctx.skip_frame = "DEFAULT"
+                yield from ctx.decode(None)
+                return
 
     def _decode_sequential(self, uniq: np.ndarray) -> list[np.ndarray]:
         """Fallback without timestamps: decode from the start, numbering frames as they come."""

@@ -41,6 +41,8 @@ def test_random_access_equals_sequential_decode(tiny_video, decode_all):
         # typical clips, decoded in one call
         for idx in (segment_indices(72, 8, "test"), dense_indices(72, 16, 4, "test"), [71, 0, 71, 35]):
             np.testing.assert_array_equal(r.get_frames(idx).numpy(), ref[np.asarray(idx)])
+    with VideoReader(tiny_video, num_threads=2) as r:  # frame-threaded decoder
+        _assert_random_access_exact(r, ref, np.random.default_rng(10), trials=8)
 
 
 def test_decodes_only_what_is_needed(tiny_video):
