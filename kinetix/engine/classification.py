@@ -189,6 +189,7 @@ def evaluate(cfg, checkpoint, out_dir, *, trainer_kwargs=None, quiet: bool = Fal
         aggregate=cfg.eval.aggregate,
         reverse_frames=cfg.eval.reverse_frames,
         checkpoint=str(checkpoint),
+        report_dir=str(out_dir),
     )
     if trainer.is_global_zero:
         meter.write_per_class_csv(out_dir / "per_class.csv", module.class_names)
@@ -217,3 +218,63 @@ def _distinct_views(dataset, n_views: int) -> int:
     for w in caught:
         warnings.warn(str(w.message), stacklevel=2)
     return n
+
+
+def load_clip_views(path, settings) -> torch.Tensor:
+    """All test views of one video file: float ``(V, C, T, H, W)``, ``V = clips * crops`` spread over
+    the whole video (segment centres / dense windows from :func:`kinetix.data.sampling.multiview_indices`)."""
+    from kinetix.data.io import open_video
+    from kinetix.data.sampling import multiview_indices
+    from kinetix.data.transforms import test_transform
+
+    clips, crops = settings.test_views
+    resize = settings.test_resize or settings.input_size * 256 // 224
+    transform = test_transform(
+        settings.input_size,
+        settings.mean,
+        settings.std,
+        settings.channel_order,
+        settings.value_range,
+        resize=resize,
+        crops=crops,
+    )
+    with open_video(path, short_side=resize) as reader:
+        idx = multiview_indices(
+            reader.num_frames, settings.num_frames, clips, settings.sampling, settings.frame_interval
+        )  # (clips, T)
+        frames = reader.get_frames(idx.reshape(-1))  # (clips * T, H, W, 3)
+    frames = frames.view(clips, settings.num_frames, *frames.shape[1:])
+    views = [transform(frames[c])[0] for c in range(clips)]  # each (C, T, H, W) or (crops, C, T, H, W)
+    video = torch.stack(views)
+    return video.flatten(0, 1) if video.dim() == 6 else video  # (V, C, T, H, W)
+
+
+@torch.no_grad()
+def predict_videos(
+    model,
+    videos,
+    settings,
+    class_names=None,
+    topk: int = 5,
+    aggregate: str = "logits",
+    reverse_frames: bool = False,
+) -> list[dict]:
+    """Top-k classes of each video file (multi-view over the whole video)."""
+    from .multiview import predict_views
+
+    model.eval()
+    k = model.pretrained_cfg.num_classes
+    names = class_names if class_names and len(class_names) == k else [str(i) for i in range(k)]
+    out = []
+    for path in videos:
+        views = load_clip_views(path, settings)
+        probs = torch.softmax(predict_views(model, views[None], aggregate, reverse_frames)[0], -1)
+        p, i = probs.topk(min(topk, k))
+        out.append(
+            {
+                "video": str(path),
+                "views": int(views.shape[0]),
+                "top": [{"label": int(j), "name": names[j], "prob": float(q)} for q, j in zip(p, i)],
+            }
+        )
+    return out

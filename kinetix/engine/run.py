@@ -89,7 +89,7 @@ def build_trainer(cfg, run_dir: Path, stage: str = "fit", callbacks=(), **overri
         num_sanity_val_steps=0,
         use_distributed_sampler=False,  # ResumableSampler shards itself
         default_root_dir=str(run_dir),
-        logger=pl.loggers.CSVLogger(str(run_dir), name="logs", version="") if stage == "fit" else False,
+        logger=pl.loggers.CSVLogger(str(run_dir), name="logs") if stage == "fit" else False,
         plugins=[KinetixCheckpointIO()],
         callbacks=list(callbacks),
     )
@@ -110,15 +110,26 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*checkpoint_io.*")
     warnings.filterwarnings("ignore", ".*LeafSpec.*")
+    warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode.*")  # EMA copy, partial BN: on purpose
+    warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
 
 
 def fit(cfg, resume: str | Path | None = None, callbacks=(), **trainer_overrides) -> dict:
     """Train from a config; ``resume`` continues a run from a checkpoint (or a run folder's latest).
 
-    Returns ``{"run_dir", "checkpoint", "best", "metrics"}``."""
+    Returns ``{"run_dir", "checkpoint", "best", "metrics", "module", "trainer"}``."""
+    _quiet_lightning()
+    owns_env = _RUN_DIR_ENV not in os.environ  # this process launches; DDP children inherit it
+    try:
+        return _fit(cfg, resume, callbacks, **trainer_overrides)
+    finally:
+        if owns_env:
+            os.environ.pop(_RUN_DIR_ENV, None)
+
+
+def _fit(cfg, resume, callbacks, **trainer_overrides) -> dict:
     from kinetix.config import config_to_yaml
 
-    _quiet_lightning()
     task = task_module(cfg)
     ckpt = resolve_checkpoint(resume) if resume is not None else None
     if ckpt is not None:
@@ -193,3 +204,56 @@ def test(cfg, checkpoint: str | Path, out_dir: str | Path | None = None, **optio
         out_dir = base / tag
     torch.manual_seed(cfg.seed)
     return task.evaluate(cfg, checkpoint, out_dir, **options)
+
+
+def predict(
+    videos,
+    checkpoint: str | Path | None = None,
+    model_name: str | None = None,
+    *,
+    topk: int = 5,
+    views: tuple[int, int] | None = None,
+    aggregate: str = "logits",
+) -> list[dict]:
+    """Top-k predictions for video files from a kinetix checkpoint (folder, run folder or
+    ``model.safetensors``: model, classes and data settings come from it) or from a registered
+    model's published weights (``model_name``; with ``checkpoint`` a weights file for it)."""
+    from kinetix.models import create_model
+    from kinetix.utils.state_dict import read_safetensors_metadata
+
+    from .classification import predict_videos
+    from .datamodule import resolve_data_settings
+
+    missing = [str(v) for v in videos if not Path(v).exists()]
+    if missing:
+        raise ConfigError(f"no such video: {', '.join(missing)}")
+    if checkpoint is None and model_name is None:
+        raise ConfigError("pass --checkpoint CKPT (a trained kinetix checkpoint) or --model NAME")
+    class_names = None
+    cfg = None
+    if checkpoint is not None:
+        path = Path(checkpoint)
+        weights = path if path.is_file() else resolve_checkpoint(path) / MODEL_FILE
+        if weights.suffix == ".safetensors":
+            meta = read_safetensors_metadata(weights)
+            class_names = json.loads(meta["class_names"]) if meta.get("class_names") else None
+            if "config" in meta:
+                from kinetix.config import config_from_dict
+
+                cfg = config_from_dict(json.loads(meta["config"]), str(weights))
+        name = model_name or (cfg.model.name if cfg is not None else None)
+        if name is None:
+            raise CheckpointError(f"{weights}: does not say which model it is; pass --model NAME")
+        kwargs = dict(cfg.model.kwargs) if cfg is not None and model_name is None else {}
+        if cfg is not None and cfg.model.num_frames is not None and model_name is None:
+            kwargs["num_frames"] = cfg.model.num_frames
+        if class_names:
+            kwargs["num_classes"] = len(class_names)
+        model = create_model(name, checkpoint=str(weights), **kwargs)
+    else:
+        model = create_model(model_name, pretrained=True)
+    data_cfg = cfg.data if cfg is not None else None
+    settings = resolve_data_settings(model.pretrained_cfg, data_cfg, None)
+    if views is not None:
+        settings = settings.__class__(**{**settings.__dict__, "test_views": tuple(views)})
+    return predict_videos(model, videos, settings, class_names, topk, aggregate)

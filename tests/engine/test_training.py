@@ -1,0 +1,166 @@
+"""Real Lightning training of a tiny model on real mp4 files: checkpoints, manifest, EMA, partial BN,
+resume, non-finite loss, evaluation reports."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+import tiny
+
+from kinetix.config import load_config
+from kinetix.engine import run
+from kinetix.engine.checkpoint import list_checkpoints, read_manifest
+from kinetix.engine.module import TrainingDivergedError
+from kinetix.models import create_model
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("mp4")
+    tiny.make_mp4_dataset(out)
+    return out
+
+
+def _cfg(tmp_path, data_dir, overrides=(), **sections):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    p = tmp_path / "cfg.yaml"
+    p.write_text(tiny.config_text(data_dir, tmp_path / "runs", **sections))
+    return load_config(p, overrides)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_run_dir_env(monkeypatch):
+    monkeypatch.delenv("KINETIX_RUN_DIR", raising=False)
+
+
+def test_fit_writes_checkpoints_manifest_and_config(tmp_path, data_dir):
+    cfg = _cfg(
+        tmp_path, data_dir, ["train.ema=true", "train.checkpoint_every_n_steps=2", "train.keep_last=2"]
+    )
+    out = run.fit(cfg)
+    run_dir = out["run_dir"]
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "logs" / "version_0" / "metrics.csv").is_file()
+    ckpts = list_checkpoints(run_dir)
+    assert len(ckpts) == 2  # pruned to keep_last
+    last = ckpts[-1]
+    assert out["checkpoint"] == last and out["best"] is not None
+    man = read_manifest(last)
+    assert man["global_step"] == 6 and man["model"] == "engine_tiny"  # 12 train videos / 4 * 2 epochs
+    assert man["class_names"] == list(tiny.CLASSES)
+    import hashlib
+
+    h = hashlib.sha256()
+    for split in ("train", "val", "val"):
+        f = data_dir / f"{split}.txt"
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    assert man["dataset_fingerprint"] == h.hexdigest()
+    assert man["config"]["train"]["ema"] is True and load_config(last / "config.yaml") == cfg
+    # the weights file loads straight into a fresh model and equals the trained weights
+    model = create_model("engine_tiny", checkpoint=str(last / "model.safetensors"))
+    trained = out["module"].model.state_dict()
+    assert all(torch.equal(v, trained[k]) for k, v in model.state_dict().items())
+    ema = out["module"].ema
+    assert int(ema.num_updates) == 6
+    assert not torch.equal(ema.module.head.weight, out["module"].model.head.weight)
+    # a second run with the same name never overwrites the first
+    again = run.make_run_dir(cfg)
+    assert again != run_dir and again.name == "tiny-v1"
+
+
+def test_partial_bn_freezes_all_but_first_batchnorm(tmp_path, data_dir):
+    cfg = _cfg(tmp_path, data_dir, ["train.partial_bn=true", "train.epochs=1"])
+    before = create_model("engine_tiny", num_classes=3)
+    torch.manual_seed(0)
+    out = run.fit(cfg)
+    m = out["module"].model
+    assert not torch.equal(m.bn1.running_mean, before.bn1.running_mean)  # first BN trains
+    assert torch.equal(m.blocks[1].running_mean, torch.zeros(8))  # later BN: stats frozen
+    assert torch.equal(m.blocks[1].weight, torch.ones(8)) and not m.blocks[1].weight.requires_grad
+
+
+def test_resume_mid_epoch_matches_uninterrupted_run(tmp_path, data_dir):
+    """In-process variant of the SIGKILL test (tests/engine/test_resume_kill.py): crash after step 5
+    (mid-epoch 1 of 3), resume from the step-4 checkpoint, compare every tensor (weights, BN
+    statistics, EMA) with an uninterrupted run. Dropout, mixup and augmentation are on."""
+    import lightning.pytorch as pl
+
+    overrides = [
+        "train.epochs=3",
+        "train.checkpoint_every_n_steps=2",
+        "train.ema=true",
+        "train.mixup_alpha=0.4",
+        "model.kwargs.drop=0.3",
+        "train.keep_last=10",
+    ]
+    full = run.fit(_cfg(tmp_path / "a", data_dir, overrides))["module"].state_dict()
+
+    class Crash(Exception):
+        pass
+
+    class Stop(pl.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step == 5:
+                raise Crash  # dies after step 5 (mid-epoch 1): the last checkpoint is step 4
+
+    cfg_b = _cfg(tmp_path / "b", data_dir, overrides)
+    with pytest.raises(Crash):
+        run.fit(cfg_b, callbacks=[Stop()])
+    run_dir = tmp_path / "b" / "runs" / "tiny"
+    assert [c.name for c in list_checkpoints(run_dir)] == ["step-00000002", "step-00000003", "step-00000004"]
+    resume_from = run_dir / "checkpoints" / "step-00000004"
+    resumed = run.fit(cfg_b, resume=resume_from)["module"].state_dict()
+    assert set(full) == set(resumed)
+    bad = [k for k in full if not torch.equal(full[k], resumed[k])]
+    assert not bad, f"differ after resume: {bad}"
+
+
+def test_non_finite_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, data_dir):
+    import lightning.pytorch as pl
+
+    class Poison(pl.Callback):
+        def on_train_batch_end(self, trainer, module, *args):
+            if trainer.global_step == 2:  # after the step-2 checkpoint was written
+                with torch.no_grad():
+                    module.model.head.weight.fill_(float("nan"))
+
+    cfg = _cfg(tmp_path, data_dir, ["train.checkpoint_every_n_steps=2", "train.epochs=2"])
+    with pytest.raises(TrainingDivergedError, match=r"loss is nan at epoch 0, step 2.*last good checkpoint"):
+        run.fit(cfg, callbacks=[Poison()])
+    ckpts = list_checkpoints(tmp_path / "runs" / "tiny")
+    assert [c.name for c in ckpts] == ["step-00000002"]
+    from safetensors.torch import load_file
+
+    weights = load_file(str(ckpts[0] / "model.safetensors"))
+    assert all(torch.isfinite(v).all() for v in weights.values())
+
+
+def test_evaluate_multiview_reports_and_reversal(tmp_path, data_dir):
+    cfg = _cfg(tmp_path, data_dir, ["train.epochs=1"])
+    ckpt = run.fit(cfg)["checkpoint"]
+    cfg.eval.views = [2, 3]
+    # square 16 px frames: the 3 crops along the long side coincide -> 2 distinct views of 6
+    with pytest.warns(UserWarning, match="only 2 of 6 test views are distinct"):
+        res = run.test(cfg, ckpt, tmp_path / "eval")
+    assert res["views"] == [2, 3] and res["distinct_views"] == 2 and res["count"] == 6
+    rows = (tmp_path / "eval" / "per_class.csv").read_text().splitlines()
+    assert len(rows) == 4 and rows[1].split(",")[1] == "moving left"
+    assert (tmp_path / "eval" / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["top1"] == res["top1"]
+    # direct computation of the same numbers from the model and dataset
+    module, dm = __import__("kinetix.engine.classification", fromlist=["build"]).build(cfg, "test", ckpt)
+    run.load_weights(module, ckpt)
+    module.model.eval()
+    correct = 0
+    for i in range(len(dm.test_set)):
+        item = dm.test_set[i]
+        logits = module.model(item["video"]).mean(0)  # (V, K) -> (K,)
+        correct += int(logits.argmax()) == item["label"]
+    assert res["top1"] == pytest.approx(100 * correct / len(dm.test_set))
+    cfg.eval.reverse_frames = True
+    rev = run.test(cfg, ckpt)
+    assert Path(rev["report_dir"]).name == "eval-reversed" and rev["reverse_frames"]
