@@ -16,6 +16,15 @@ from kinetix.models.resnet import BasicBlock, ResNet
 from kinetix.utils.state_dict import read_state_dict
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one intra-op thread (avoids OpenMP spin-waits on a shared 2-core machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _randomise(model):
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():

@@ -8,6 +8,15 @@ from kinetix.layers.temporal import GateShift, TemporalShift
 from kinetix.models.resnet import BasicBlock, Bottleneck, ResNet, load_image_weights, resnet
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one intra-op thread (avoids OpenMP spin-waits on a shared 2-core machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.mark.parametrize(
     "depth,params", [(18, 11_689_512), (34, 21_797_672), (50, 25_557_032), (101, 44_549_160)]
 )
