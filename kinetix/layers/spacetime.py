@@ -118,11 +118,16 @@ def axis_sdpa(
     return o, po
 
 
+def _autocast_on(t: torch.Tensor) -> bool:
+    kind = t.device.type
+    return kind in ("cpu", "cuda", "xpu", "mps") and torch.is_autocast_enabled(kind)
+
+
 def add_linear(x: torch.Tensor, h: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
     """``x + linear(h)`` with the residual folded into the GEMM (``addmm`` accumulates into
-    ``x + bias``): one pass over the output fewer. Shapes ``(..., C)``. Without autograd only
-    (``out=`` ops are not differentiable); with grad enabled it is the plain expression."""
-    if torch.is_grad_enabled():
+    ``x + bias``): one pass over the output fewer. Shapes ``(..., C)``. Only without autograd and
+    autocast (``out=`` ops are neither differentiable nor autocast); otherwise the plain expression."""
+    if torch.is_grad_enabled() or _autocast_on(h) or h.dtype != linear.weight.dtype:
         return x + linear(h)
     out = x + linear.bias if linear.bias is not None else x.clone()  # new contiguous (..., C)
     flat = out.view(-1, out.shape[-1])

@@ -171,6 +171,8 @@ def test_add_linear_matches_plain_expression_and_is_counted():
     with torch.no_grad():
         torch.testing.assert_close(add_linear(x, h, lin), x + lin(h))
     assert add_linear(x, h, lin).requires_grad  # autograd path
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # autocast path
+        assert add_linear(x, h.bfloat16(), lin).dtype == torch.float32
 
     class M(torch.nn.Module):
         def forward(self, h):

@@ -107,3 +107,17 @@ def test_kinetix_convert_cli(tmp_path):
     subprocess.run(cmd, check=True, capture_output=True)
     sd = read_state_dict(out)
     assert all(torch.equal(sd[k], v) for k, v in src.state_dict().items())
+
+
+@pytest.mark.parametrize("attention", ["divided", "joint"])
+def test_bf16_autocast_inference_close_to_fp32(attention):
+    m = create_model("test_timesformer", attention=attention).eval()
+    with torch.no_grad():
+        m.head.weight.normal_()  # non-trivial logits
+    x = torch.randn(2, 3, 4, 32, 32)
+    with torch.inference_mode():
+        ref = m(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = m(x)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref, atol=0.1, rtol=0.05)
