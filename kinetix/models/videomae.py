@@ -182,7 +182,8 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: VideoMAE) -
     sd = strip_prefix(state_dict, "module.", "backbone.", "encoder.")
     if any(k.startswith("videomae.") for k in sd):
         sd = _from_hf(sd)
-    return {k: v for k, v in sd.items() if not _PRETRAIN_ONLY.match(k) and k != "pos_embed"}
+    fixed = ("pos_embed", "videomae.embeddings.position_embeddings")  # the sinusoid table, if saved
+    return {k: v for k, v in sd.items() if not _PRETRAIN_ONLY.match(k) and k not in fixed}
 
 
 # ---- registered models ---------------------------------------------------------------------------
