@@ -20,6 +20,7 @@ import re
 import torch
 import torch.nn as nn
 
+from kinetix.errors import CheckpointError
 from kinetix.layers.temporal import GateShift, TemporalShift
 
 from ._pretrained import BNINCEPTION_MEAN, BNINCEPTION_STD, PretrainedCfg
@@ -200,6 +201,7 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: Recognizer2
 
         load_image_weights(model, sd)
         return model.state_dict()
+    _check_shift_layout(sd, model)
     own = model.state_dict()
     out = {}
     for k, v in sd.items():
@@ -213,6 +215,25 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: Recognizer2
             v = v.reshape(own[k].shape)  # e.g. BN tensors stored as (1, C) by Caffe converters
         out[k] = v
     return out
+
+
+def _check_shift_layout(sd: dict[str, torch.Tensor], model: Recognizer2D) -> None:
+    """The official/mmaction2 TSM wrapper marks shifted blocks with ``.net.``; refuse a checkpoint
+    whose shifted blocks differ from the model's (TSM weights in a TSN model would load silently
+    and run without the shift, and vice versa)."""
+    if not hasattr(model.backbone, "layer1"):
+        return
+    pat = re.compile(r"^(?:base_model|backbone)\.(layer\d\.\d+)\.(?:conv1\.(?:conv\.)?)?net\.")
+    in_ckpt = {m.group(1) for k in sd if (m := pat.match(k))}
+    in_model = {n.removeprefix("backbone.").removesuffix(".temporal_in") for n, m in model.named_modules()
+                if isinstance(m, TemporalShift) and n.endswith(".temporal_in")}  # fmt: skip
+    if in_ckpt != in_model:
+        what = "a TSM checkpoint" if in_ckpt else "a checkpoint without temporal shifts (TSN)"
+        raise CheckpointError(
+            f"{what}: shifted blocks {len(in_ckpt)} in the checkpoint vs {len(in_model)} in the model "
+            f"(e.g. {sorted(in_ckpt ^ in_model)[:3]}). Use the matching model (tsm_* for TSM weights, "
+            "tsn_* for TSN weights; tsm_r101 shifts every other block)."
+        )
 
 
 # ----------------------------------------------------------------------------------------------

@@ -123,8 +123,8 @@ def test_gsm_bninception_converter_reproduces_outputs(tmp_path):
         if k.startswith("backbone.")
     }
     sd.update({"module.new_fc.weight": src.fc.weight.detach(), "module.new_fc.bias": src.fc.bias.detach()})
-    torch.save({"state_dict": sd}, tmp_path / "gsm.pth")
-    dst = load_checkpoint(create_model("gsm_bninception", num_frames=2), tmp_path / "gsm.pth").eval()
+    torch.save({"state_dict": sd}, tmp_path / "tsm_broken.pth")
+    dst = load_checkpoint(create_model("gsm_bninception", num_frames=2), tmp_path / "tsm_broken.pth").eval()
     x = torch.randn(1, 3, 2, 32, 32) * 50
     torch.testing.assert_close(dst(x), src(x))
 
@@ -199,17 +199,33 @@ def test_kinetix_convert_cli(tmp_path, capsys):
     m = create_model("test_tsm", checkpoint=str(out)).eval()
     x = torch.randn(1, 3, 8, 64, 64)
     torch.testing.assert_close(m(x), src(x))
-    # a checkpoint of another architecture fails cleanly (exit 2, names the file)
-    torch.save({"state_dict": _official_tsm(create_model("test_gsm"))}, tmp_path / "gsm.pth")
+    # an incomplete checkpoint fails cleanly (exit 2, names the file and the key)
+    broken = _official_tsm(src)
+    del broken["module.base_model.layer2.0.bn2.running_var"]
+    torch.save({"state_dict": broken}, tmp_path / "tsm_broken.pth")
     rc = cli_main(
         [
             "convert",
             "--model",
             "test_tsm",
             "--src",
-            str(tmp_path / "gsm.pth"),
+            str(tmp_path / "tsm_broken.pth"),
             "--out",
             str(tmp_path / "x.safetensors"),
         ]
     )
-    assert rc == 2 and "gsm.pth" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert rc == 2 and "tsm_broken.pth" in err and "layer2.0.bn2.running_var" in err
+
+
+def test_shift_layout_mismatch_is_refused():
+    tsm, tsn = create_model("test_tsm"), create_model("test_tsn")
+    with pytest.raises(CheckpointError, match="a TSM checkpoint"):
+        convert_state_dict(tsn, _official_tsm(tsm))
+    with pytest.raises(CheckpointError, match="without temporal shifts"):
+        convert_state_dict(tsm, _official_tsm(tsn))
+    block = create_model("test_tsm", shift_place="block")  # official in-place: the whole block wraps as .net
+    sd = {re.sub(r"(layer\d\.\d+)\.", r"\1.net.", k, count=1) if ".layer" in k else k: v
+          for k, v in _official_tsm(tsn).items()}  # fmt: skip
+    assert "module.base_model.layer2.0.net.conv1.weight" in sd
+    load_state_dict_strict(block, convert_state_dict(block, sd))
