@@ -52,6 +52,7 @@ def test_r101_shifts_every_other_block():
 
 def test_tsn_is_average_of_independent_frame_logits():
     m = create_model("test_tsn").eval()
+    torch.nn.init.normal_(m.fc.weight, std=0.1)  # O(1) logits (the TSN init, std 0.001, gives ~1e-3)
     x = torch.randn(2, 3, 8, 64, 64)
     per_frame = torch.stack([m.fc(m.backbone.forward_features(x[:, :, t]).mean((2, 3))) for t in range(8)], 1)
     torch.testing.assert_close(m(x), per_frame.mean(1), rtol=1e-4, atol=1e-6)
@@ -61,6 +62,7 @@ def test_tsn_is_average_of_independent_frame_logits():
 def test_tsm_equals_tsn_with_official_shift_hooks():
     """TSM == the TSN backbone with the official shift applied to each block's conv1 input."""
     tsm, tsn = create_model("test_tsm").eval(), create_model("test_tsn").eval()
+    torch.nn.init.normal_(tsm.fc.weight, std=0.1)
     assert tsn.state_dict().keys() == tsm.state_dict().keys()  # same backbone size
     tsn.load_state_dict(tsm.state_dict())
     for blk in [
@@ -71,7 +73,8 @@ def test_tsm_equals_tsn_with_official_shift_hooks():
     torch.testing.assert_close(tsm(x), tsn(x), rtol=1e-4, atol=1e-6)
     plain = create_model("test_tsn").eval()
     plain.load_state_dict(tsm.state_dict())
-    assert not torch.allclose(tsm.forward_frames(x), plain.forward_frames(x), atol=1e-4)
+    diff = (tsm.forward_frames(x) - plain.forward_frames(x)).abs().max()
+    assert diff > 1e-2 * tsm.forward_frames(x).abs().max()  # the shift matters
 
 
 def test_temporal_pool_and_channels_last():
