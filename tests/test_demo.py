@@ -1,0 +1,55 @@
+"""The embedded demo: a seconds-long ``--smoke`` run checks the pipeline and the report structure;
+the real ``--quick`` run (marked slow) checks the claim: TSN near chance on the time-reversed
+pairs, TSM at least 90%."""
+
+import json
+
+import pytest
+
+from kinetix.cli.main import main
+
+
+def _check_report(out, models):
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["models"]) == set(models)
+    for m in models:
+        r = report["models"][m]
+        for split in ("normal", "reversed"):
+            assert 0.0 <= r[split]["top1"] <= 100.0 and 0.0 <= r[split]["pairs_top1"] <= 100.0
+            assert (out / r[split]["confusion_png"]).is_file() or __import__("pathlib").Path(
+                r[split]["confusion_png"]
+            ).is_file()
+        assert r["params"] > 0 and r["train_seconds"] >= 0
+    assert report["dataset"]["reversed_pairs"] == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert set(report["claim"]) == {"tsn_pairs_near_chance", "temporal_models_at_least_90"}
+    md = (out / "report.md").read_text()
+    assert all(f"| {m} |" in md for m in models) and "![accuracy](accuracy.png)" in md
+    for png in ("accuracy.png", "curves.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    return report
+
+
+def test_demo_smoke_writes_report(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--smoke", "--out", str(out), "--no-progress"]) == 0
+    _check_report(out, ["test_tsn", "test_tsm"])
+    text = capsys.readouterr().out
+    assert "pairs, reversed input" in text and "TSN near chance" in text
+    # the runs are ordinary kinetix runs: configs saved, checkpoints loadable
+    assert (out / "runs" / "test_tsm" / "config.yaml").is_file()
+    # a second run into the same demo folder replaces it; a foreign folder is refused
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("x")
+    assert main(["demo", "--smoke", "--out", str(foreign)]) == 2
+    assert "not a kinetix demo folder" in capsys.readouterr().err
+    assert (foreign / "thesis.tex").read_text() == "x"
+
+
+@pytest.mark.slow
+def test_quick_demo_shows_the_claim(tmp_path):
+    out = tmp_path / "demo"
+    main(["demo", "--quick", "--out", str(out), "--no-progress"])
+    report = _check_report(out, ["test_tsn", "test_tsm"])
+    assert report["models"]["test_tsn"]["normal"]["pairs_top1"] <= 65.0
+    assert report["models"]["test_tsm"]["normal"]["pairs_top1"] >= 90.0
