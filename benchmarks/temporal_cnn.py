@@ -66,8 +66,9 @@ def _naive_tsm(shift_cls, frames):
 def _median_ms(fns: dict, repeats: int) -> dict:
     """Interleaved timing (one call of each per round, so load drifts hit all alike).
 
-    Returns ``{name: (wall ms, cpu ms)}`` medians; the CPU time of this process is the steadier
-    figure on a shared machine (other processes' load inflates wall time, not our CPU time)."""
+    Returns ``{name: (median wall ms, median cpu ms, min cpu ms)}``; the CPU time of this process
+    is the steadier figure on a shared machine (others' load inflates wall time, not our CPU time;
+    the minimum is the least disturbed run)."""
     times = {k: [] for k in fns}
     for fn in fns.values():  # warm-up
         fn()
@@ -76,15 +77,24 @@ def _median_ms(fns: dict, repeats: int) -> dict:
             t, c = time.perf_counter(), time.process_time()
             fn()
             times[k].append((time.perf_counter() - t, time.process_time() - c))
-    return {k: tuple(1e3 * statistics.median(x[i] for x in v) for i in (0, 1)) for k, v in times.items()}
+    return {
+        k: (
+            1e3 * statistics.median(w for w, _ in v),
+            1e3 * statistics.median(c for _, c in v),
+            1e3 * min(c for _, c in v),
+        )
+        for k, v in times.items()
+    }
 
 
 def _report(title, res, base):
     print(f"\n{title}")
-    print(f"  {'':<36s} {'wall ms':>9s} {'ratio':>7s} {'cpu ms':>9s} {'ratio':>7s}")
-    bw, bc = res[base]
-    for k, (w, c) in res.items():
-        print(f"  {k:<36s} {w:9.1f} {w / bw:7.3f} {c:9.1f} {c / bc:7.3f}")
+    print(
+        f"  {'':<36s} {'wall ms':>9s} {'ratio':>6s} {'cpu ms':>9s} {'ratio':>6s} {'min cpu':>9s} {'ratio':>6s}"
+    )
+    b = res[base]
+    for k, r in res.items():
+        print(f"  {k:<36s}" + "".join(f" {v:9.1f} {v / bv:6.3f}" for v, bv in zip(r, b)))
 
 
 @torch.no_grad()
