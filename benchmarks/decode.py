@@ -1,7 +1,8 @@
 """Clip decoding: ``VideoReader`` (seek + decode forward + convert only kept frames) vs full decodes.
 
-Makes a 10 s 1280×720 30 fps H.264 video in a temp dir (moving shapes over a textured background,
-x264 ``veryfast`` with B-frames, keyframe every ``--gop`` frames), then times, in one process:
+Makes a 10 s 1280×720 30 fps H.264 video in a temp dir (a panning texture, a translucent layer,
+camera noise and moving discs; x264 ``veryfast`` with B-frames, a keyframe every ``--gop`` frames),
+then times, in one process:
 
     (a) an 8-frame TSN test clip (segment centres),  (b) a 16×4 dense test clip (centre),
 
@@ -33,6 +34,8 @@ from pathlib import Path
 
 import av
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from kinetix.data.io import VideoReader, clear_index_cache
 from kinetix.data.sampling import dense_indices, segment_indices
@@ -41,29 +44,54 @@ W, H, FPS, SECONDS = 1280, 720, 30, 10
 
 
 def make_video(path: Path, gop: int) -> Path:
-    """10 s of 720p: a static texture, two moving shapes and light noise (real P/B-frame work)."""
+    """10 s of 720p with natural-video-like statistics (I-frames ~10-15x the size of the others):
+    a smooth texture panning at a sub-pixel speed, a translucent layer moving the other way, camera
+    noise and two moving discs. (Integer pans of a static texture would be predicted perfectly and
+    make every non-key frame nearly free.)"""
     rng = np.random.default_rng(0)
-    small = rng.integers(0, 256, (H // 8, W // 8, 3), dtype=np.uint8)
-    texture = np.repeat(np.repeat(small, 8, 0), 8, 1).astype(np.int16)  # (H, W, 3) blocky texture
+    n = FPS * SECONDS
+    small = torch.from_numpy(rng.uniform(0, 255, (1, 3, (H + 700) // 24 + 2, (W + 4 * n) // 24 + 42)))
+    texture = F.interpolate(small.float(), scale_factor=24, mode="bicubic")[0].permute(1, 2, 0)  # (H', W', 3)
+    texture = texture.clamp(0, 255).numpy()
+    noise = rng.normal(0, 3.0, (8, H, W, 1)).astype(np.float32)  # a bank of camera-noise frames
     yy, xx = np.mgrid[0:H, 0:W]
+    inner = (slice(H // 4, H // 4 + H // 2), slice(W // 4, W // 4 + W // 2))
     with av.open(str(path), "w") as c:
         s = c.add_stream("libx264", rate=FPS, options={"preset": "veryfast", "crf": "23"})
         s.width, s.height, s.pix_fmt = W, H, "yuv420p"
         s.codec_context.gop_size = gop
         s.codec_context.thread_count = 0  # making the file is not timed
-        for t in range(FPS * SECONDS):
-            img = np.roll(texture, 4 * t, axis=1)  # panning background
+        for t in range(n):
+            x, y = 3.37 * t, 1.7 * t  # sub-pixel motion: blend two integer shifts
+            kx, ky, ax, ay = int(x), int(y), x - int(x), y - int(y)
+            img = (1 - ax) * texture[:H, kx : kx + W] + ax * texture[:H, kx + 1 : kx + 1 + W]
+            layer = (1 - ay) * texture[100 + ky : 100 + ky + H // 2, 600 : 600 + W // 2]
+            layer += ay * texture[101 + ky : 101 + ky + H // 2, 600 : 600 + W // 2]
+            img[inner] = 0.5 * (img[inner] + layer)  # a translucent layer moving the other way
+            img += noise[rng.integers(len(noise))]
             for cx, cy, r, col in (
                 (200 + 9 * t, 360, 90, (250, 40, 40)),
                 (1000 - 6 * t, 200 + 3 * t, 60, (40, 250, 90)),
             ):
-                img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = col
-            img += rng.integers(-6, 7, (H, W, 1), dtype=np.int16)
+                y0, x0 = max(cy - r, 0), max(cx - r, 0)
+                disc = (yy[y0 : cy + r, x0 : cx + r] - cy) ** 2 + (
+                    xx[y0 : cy + r, x0 : cx + r] - cx
+                ) ** 2 < r * r
+                img[y0 : cy + r, x0 : cx + r][disc] = col
             frame = av.VideoFrame.from_ndarray(np.clip(img, 0, 255).astype(np.uint8), format="rgb24")
             frame.pts, frame.time_base = t, Fraction(1, FPS)
             c.mux(s.encode(frame))
         c.mux(s.encode())
     return path
+
+
+def key_size_ratio(path: Path) -> float:
+    """Mean keyframe packet size over mean other packet size."""
+    with av.open(str(path)) as c:
+        sizes = [(p.size, p.is_keyframe) for p in c.demux(video=0) if p.size]
+    key = [sz for sz, k in sizes if k]
+    other = [sz for sz, k in sizes if not k]
+    return statistics.mean(key) / statistics.mean(other)
 
 
 def read_kinetix(path: Path, idx: np.ndarray) -> np.ndarray:
@@ -139,7 +167,8 @@ def main() -> None:
                 assert r.num_frames == n
                 keys = len(r.index.key_pos)
             print(
-                f"\n{W}x{H}, {n} frames @ {FPS} fps, H.264 veryfast, GOP {gop} ({keys} keyframes), {args.clock} time"
+                f"\n{W}x{H}, {n} frames @ {FPS} fps, H.264 veryfast crf 23, GOP {gop} ({keys} keyframes, "
+                f"{key_size_ratio(path):.0f}x the size of other frames), {args.clock} time"
             )
             print(f"{'clip':24s} " + " ".join(f"{k + ' clips/s':>16s}" for k in readers) + "   speed-up")
             for name, idx in clips.items():

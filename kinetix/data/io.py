@@ -557,13 +557,19 @@ def write_video(
     """Encode uint8 frames ``(T, H, W, 3)`` RGB (or ``(T, H, W)`` grey) into a video file.
 
     ``gop`` is the keyframe interval, ``crf``/``preset`` the usual x264 knobs, ``options`` any other
-    encoder options; ``rotation`` (degrees ccw) stores a display matrix, as phones do. One encoder
+    encoder options; ``rotation`` (degrees ccw) stores a display matrix, as phones do. Odd sizes
+    with 4:2:0 / 4:2:2 chroma get their last row / column repeated (H.264 needs even). One encoder
     thread by default, for reproducible output (for byte-identical x264 files also pass
     ``options={"x264-params": "mbtree=0"}``, as the synthetic datasets do).
     """
     arr = frames.numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
     if arr.dtype != np.uint8 or arr.ndim not in (3, 4) or (arr.ndim == 4 and arr.shape[-1] != 3):
         raise ValueError(f"frames must be uint8 (T, H, W, 3) or (T, H, W), got {arr.dtype} {arr.shape}")
+    # 4:2:0 / 4:2:2 chroma needs even sizes: repeat the last row / column instead of failing
+    pad_h = arr.shape[1] % 2 if "420" in pix_fmt else 0
+    pad_w = arr.shape[2] % 2 if ("420" in pix_fmt or "422" in pix_fmt) else 0
+    if pad_h or pad_w:
+        arr = np.pad(arr, [(0, 0), (0, pad_h), (0, pad_w)] + [(0, 0)] * (arr.ndim - 3), mode="edge")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rate = Fraction(fps).limit_denominator(1001 * 1000)

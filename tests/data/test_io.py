@@ -72,9 +72,19 @@ def test_span_merging_is_gop_aware(tiny_video):
         assert len(r._spans(far)) == (2 if kf[-1] > SEEK_COST else 1)
 
 
-@pytest.mark.parametrize("ext,codec", [("mkv", "libx264"), ("webm", "libvpx-vp9"), ("avi", "mpeg4")])
-def test_containers_with_missing_frame_count(make_video, decode_all, ext, codec):
-    path = make_video(f"v.{ext}", num_frames=30, size=(32, 48), codec=codec, gop=8)
+@pytest.mark.parametrize(
+    "ext,codec,options",
+    [
+        ("mkv", "libx264", None),
+        ("webm", "libvpx-vp9", None),
+        ("avi", "mpeg4", None),
+        ("ts", "mpeg2video", None),
+        ("mp4", "libx264", {"x264-params": "open-gop=1"}),  # leading B-frames reference the previous GOP
+        ("mkv", "libx265", {"x265-params": "open-gop=1:log-level=error"}),  # HEVC CRA keyframes
+    ],
+)
+def test_containers_and_codecs(make_video, decode_all, ext, codec, options):
+    path = make_video(f"v.{ext}", num_frames=30, size=(32, 48), codec=codec, gop=8, options=options)
     with av.open(str(path)) as c:
         container_count = c.streams.video[0].frames
     ref = decode_all(path)
@@ -313,5 +323,10 @@ def test_open_video_dispatch_and_writer_validation(tiny_video, tmp_path):
     assert isinstance(open_video(tiny_video, num_threads=2, fps=5), VideoReader)
     with pytest.raises(ValueError, match="uint8"):
         write_video(tmp_path / "x.mp4", np.zeros((2, 8, 8, 3), np.float32))
+    odd = np.random.default_rng(0).integers(0, 256, (3, 15, 21, 3), dtype=np.uint8)
+    with VideoReader(write_video(tmp_path / "odd.mp4", odd, crf=0)) as r:  # yuv420p: padded to 16x22
+        assert (r.height, r.width) == (16, 22)
+        out = r.get_frames([1])[0].numpy().astype(int)
+    assert np.abs(out[:15, :21] - odd[1]).mean() < np.abs(out[:15, :21] - odd[0]).mean()
     shutil.copy(tiny_video, tmp_path / "copy.mp4")
     assert VideoReader(tmp_path / "copy.mp4", num_threads=2).get_frames([70]).shape == (1, 48, 64, 3)
