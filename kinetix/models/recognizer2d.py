@@ -26,7 +26,7 @@ from kinetix.layers.temporal import GateShift, TemporalShift
 from ._pretrained import BNINCEPTION_MEAN, BNINCEPTION_STD, PretrainedCfg
 from ._registry import register_model
 from .bninception import BNInception
-from .resnet import TemporalMaxPool, resnet
+from .resnet import BasicBlock, Bottleneck, ResNet, TemporalMaxPool, resnet
 
 __all__ = ["Recognizer2D", "StreamingRecognizer", "fold_time"]
 
@@ -389,16 +389,17 @@ def test_tsn(**kwargs):
 
 
 @register_model(cfgs=_K400_CI)
-def test_tsm(**kwargs):
+def test_tsm(shift_div: int = 8, shift_place: str = "residual", temporal_pool: bool = False, **kwargs):
     """Tiny TSM, same backbone as ``test_tsn``."""
-    return _resnet_recognizer_tiny(**_tsm_kwargs(18, kwargs.pop("shift_div", 8), kwargs.pop("shift_place", "residual"),
-                                                 temporal_pool=kwargs.pop("temporal_pool", False)), **kwargs)  # fmt: skip
+    return _resnet_recognizer_tiny(
+        **_tsm_kwargs(18, shift_div, shift_place, temporal_pool=temporal_pool), **kwargs
+    )
 
 
 @register_model(cfgs=_K400_CI)
-def test_tsm_online(**kwargs):
+def test_tsm_online(shift_div: int = 8, **kwargs):
     """Tiny causal TSM for streaming tests/demos."""
-    return _resnet_recognizer_tiny(**_tsm_kwargs(18, kwargs.pop("shift_div", 8), causal=True), **kwargs)
+    return _resnet_recognizer_tiny(**_tsm_kwargs(18, shift_div, causal=True), **kwargs)
 
 
 @register_model(cfgs=_K400_CI)
@@ -408,10 +409,9 @@ def test_gsm(causal: bool = False, **kwargs):
     return _resnet_recognizer_tiny(block="bottleneck", temporal=gsm, temporal_position="conv1", **kwargs)
 
 
-def _resnet_recognizer_tiny(num_classes=10, num_frames=8, dropout=0.5, partial_bn=False, channels_last=False,
-                            block="basic", **bb):  # fmt: skip
-    from .resnet import BasicBlock, Bottleneck, ResNet
-
+def _resnet_recognizer_tiny(
+    num_classes=10, num_frames=8, dropout=0.5, partial_bn=False, channels_last=False, block="basic", **bb
+):
     blk = BasicBlock if block == "basic" else Bottleneck
     backbone = ResNet(blk, (1, 1, 1, 1), num_classes=0, num_frames=num_frames, **{**_TINY, **bb})
     return Recognizer2D(backbone, num_classes, num_frames, dropout, partial_bn, channels_last)
