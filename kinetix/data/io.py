@@ -9,11 +9,14 @@ frame rate videos index consistently). Only what a clip needs is decoded:
 2. the requested frames are grouped into spans; a new span (seek) starts only when the keyframe
    before the next frame lies more than ``SEEK_COST`` frames past the last decoded one, i.e. when a
    seek saves real work (GOP-aware merging);
-3. for each span: seek to that keyframe, decode forward, convert only the kept frames to RGB (resized
-   on decode when ``short_side`` is set) and rotate them upright from the display matrix.
+3. for each span: seek to that keyframe and decode forward; frames that are neither wanted nor
+   referenced by other frames (non-reference B-frames) are discarded by the decoder unparsed, and
+   once the last wanted packet is in, the decoder is drained rather than fed more packets;
+4. only the kept frames are converted to RGB (resized on decode when ``short_side`` is set) and
+   rotated upright from the display matrix.
 
-Files whose packets carry no timestamps fall back to a sequential decode (and count frames by
-decoding). Unreadable inputs raise :class:`kinetix.errors.VideoDecodeError` naming the file, the cause
+Files whose packets carry no timestamps or keyframe flags fall back to a sequential decode (and
+count frames by decoding). Unreadable inputs raise :class:`kinetix.errors.VideoDecodeError` naming the file, the cause
 and a fix. ``FrameFolderReader`` offers the same interface for folders of jpg/png frames
 (Something-Something V1, AVA rawframes); ``open_video`` picks the right one.
 """
@@ -25,7 +28,7 @@ import os
 import re
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -59,7 +62,6 @@ class _FrameIndex:
     key_seek: np.ndarray  # (K,) seek timestamp of each keyframe: min(pts, dts), never past the frame
     num_frames: int
     rotation: int | None = None  # display-matrix rotation (degrees ccw), known after the first decode
-    pos_of_pts: dict = field(default_factory=dict)
 
 
 def clear_index_cache() -> None:
@@ -108,12 +110,10 @@ def _scan_packets(path: Path, container, stream) -> _FrameIndex:
         pass
     if not pts:
         raise VideoDecodeError(path, "the video stream has no frames", _FIX_FILE)
-    if not any(key):
-        raise VideoDecodeError(path, "the video stream has no keyframe (cannot be decoded)", _FIX_FILE)
+    if not any(key) or any(p is None for p in pts) or len(set(pts)) != len(pts):  # cannot seek safely
+        return _FrameIndex(None, np.zeros(1, np.int64), np.zeros(1, np.int64), _count_by_decoding(path))
     first = key.index(True)  # decoders drop frames before the first keyframe (decode order)
     pts, dts, key = pts[first:], dts[first:], np.array(key[first:])
-    if any(p is None for p in pts) or len(set(pts)) != len(pts):
-        return _FrameIndex(None, np.zeros(1, np.int64), np.zeros(1, np.int64), _count_by_decoding(path))
     pts_arr = np.array(pts, dtype=np.int64)
     dts_arr = np.array([p if d is None else d for p, d in zip(pts, dts)], dtype=np.int64)
     order = np.argsort(pts_arr, kind="stable")  # decode order -> presentation order
@@ -121,9 +121,7 @@ def _scan_packets(path: Path, container, stream) -> _FrameIndex:
     key_sorted = key[order]
     key_pos = np.flatnonzero(key_sorted)
     key_seek = np.minimum(pts_arr, dts_arr)[order][key_pos]
-    index = _FrameIndex(pts_sorted, key_pos, key_seek, len(pts_sorted))
-    index.pos_of_pts = {int(p): i for i, p in enumerate(pts_sorted)}
-    return index
+    return _FrameIndex(pts_sorted, key_pos, key_seek, len(pts_sorted))
 
 
 def _count_by_decoding(path: Path) -> int:
@@ -319,7 +317,7 @@ class VideoReader:
                 self._stream.codec_context.skip_frame = "DEFAULT"
             if not want:
                 return
-        missing = sorted(index.pos_of_pts[p] for p in want)
+        missing = np.searchsorted(index.pts, sorted(want)).tolist()
         raise VideoDecodeError(
             self.path, f"frames {missing[:5]} could not be decoded (truncated or corrupt file?)", _FIX_FILE
         )

@@ -82,7 +82,8 @@ def dense_indices(
 ) -> np.ndarray:
     """``num_frames`` frames ``interval`` apart, from a window of ``num_frames * interval`` frames (TSM).
 
-    train: one clip with a random start in ``[0, video_frames - num_frames * interval]``.
+    train: one clip with a random start in ``[0, video_frames - num_frames * interval]`` (TSM draws
+    from ``[0, video_frames - num_frames * interval)``, never the last start; kinetix includes it).
     test: ``num_clips`` starts evenly spaced over that range (``np.linspace(..., dtype=int)`` as TSM's
     dense test), the centre start when ``num_clips == 1``. Indices past the end wrap around (loop).
 
