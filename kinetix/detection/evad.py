@@ -77,9 +77,11 @@ class ContextHead(nn.Module):
         roi_extension: tuple[float, float] = (0.4, 0.2),
         pretrain_grid: int = 14,
         official_order: bool = False,
+        patch_size: int = 16,
     ):
         super().__init__()
         self.dim, self.roi_extension, self.pretrain_grid = dim, tuple(roi_extension), pretrain_grid
+        self.patch_size = patch_size
         self.official_order = official_order
         self.encoder_to_decoder = nn.Linear(embed_dim, dim, bias=False)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
@@ -126,7 +128,7 @@ class ContextHead(nn.Module):
         maps = full.view(B, t, h, w, D).permute(0, 1, 4, 2, 3).reshape(B * t, D, h, w)
         rois = extend_boxes(boxes, self.roi_extension, *image_size)
         rois = rois[:, None].expand(B, t, P, 4).reshape(B * t, P, 4)
-        feat = roi_align(maps, rois, 7, 1.0 / 16, 2)  # (B·t, P, D, 7, 7)
+        feat = roi_align(maps, rois, 7, 1.0 / self.patch_size, 2)  # (B·t, P, D, 7, 7)
         actors = feat.amax((-2, -1)).view(B, t, P, D).mean(1)  # spatial max, temporal mean: (B, P, D)
         x = torch.cat(
             [z + pos.gather(1, full_idx[..., None].expand(-1, -1, D)), actors], 1
@@ -182,11 +184,13 @@ class EVAD(nn.Module):
             mlp_ratio=mlp_ratio,
         )  # fmt: skip
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
-        self.fpn = FPN(embed_dim, fpn_dim)
+        self.fpn = FPN(
+            embed_dim, fpn_dim, scales=tuple(patch_size / s for s in (4, 8, 16, 32))
+        )  # strides 4..32
         self.sparse_rcnn = SparseRCNN(fpn_dim, num_proposals, num_stages)
         self.det_head = ContextHead(
             embed_dim, num_classes, decoder_dim, decoder_depth, decoder_heads, act_dim, decoder_drop_path_rate,
-            roi_extension, self.pretrain_grid, official_order,
+            roi_extension, self.pretrain_grid, official_order, patch_size,
         )  # fmt: skip
         self.criterion = DetectionCriterion(action_weight=action_weight)
         self._pos = {}

@@ -55,12 +55,15 @@ def multiscale_roi_align(
     """Detectron2's ROIPooler over p2–p5: each box is pooled from level
     ``clamp(floor(4 + log2(sqrt(area) / 224)), 2, 5)``. ``boxes (B, P, 4)`` → ``(B, P, C, 7, 7)``.
 
-    Every box is pooled at every level and the right level selected (4 small grid_samples, no
-    loop over boxes)."""
+    Each level present is pooled for every box (one grid_sample, no loop over boxes) and the boxes of
+    that level selected; levels no box maps to are skipped."""
     level = torch.floor(4 + torch.log2(box_area(boxes).clamp(min=1e-8).sqrt() / 224 + 1e-8)).clamp(2, 5) - 2
     out = None
-    for i, f in enumerate(features[:4]):
-        pooled = roi_align(f, boxes, output_size, 1.0 / 2 ** (i + 2), sampling_ratio)  # (B, P, C, 7, 7)
+    for i in level.unique().tolist():  # at most 4 levels
+        i = int(i)
+        pooled = roi_align(
+            features[i], boxes, output_size, 1.0 / 2 ** (i + 2), sampling_ratio
+        )  # (B, P, C, 7, 7)
         sel = (level == i)[..., None, None, None].to(pooled.dtype)
         out = pooled * sel if out is None else out + pooled * sel
     return out

@@ -211,3 +211,14 @@ def test_registry_and_model_api():
     m.reset_classifier(60)
     assert m.get_classifier().out_features == 60
     assert "det_head.mask_token" in m.no_weight_decay()
+
+
+@pytest.mark.parametrize("patch", [8, 16])
+def test_fpn_strides_follow_the_patch_size(patch):
+    m = create_model("test_evad", patch_size=patch).eval()
+    x = _clip(64, 96)
+    _, _, maps, grid, _ = m.forward_features(x)
+    assert grid[1:] == (64 // patch, 96 // patch)
+    assert [p.shape[-2:] for p in m.fpn(maps)[:4]] == [(64 // s, 96 // s) for s in (4, 8, 16, 32)]
+    with torch.no_grad():
+        assert len(m(x)) == 2
