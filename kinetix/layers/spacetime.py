@@ -9,8 +9,11 @@ Schemes (``attention=``), each a layout or a mask around the one :class:`~.atten
 * ``"space"``: spatial attention per frame only (CLS handled as in ``"divided"``).
 * ``"local_global"``: TimeSformer's sparse L+G: local attention over the ``T x H/2 x W/2`` neighbourhood
   (``|dh| <= H//4``, ``|dw| <= W//4``, every frame) then sparse global attention over the tokens with
-  the same parity in t, h and w (stride 2 in every axis), both as attention masks.
-* ``"axial"``: TimeSformer's axial T+W+H: separate attentions over time, width, then height.
+  the same parity in t, h and w (stride 2 in every axis), both as attention masks over all tokens
+  (prefix tokens see and are seen by every token). The masks are dense, so L+G costs as much as two
+  joint attentions: it reproduces the paper's attention pattern, not a sparse kernel.
+* ``"axial"``: TimeSformer's axial T+W+H: separate attentions over time, width, then height (the CLS
+  token takes part in the height stage only, repeated per (t, w) column and averaged back).
 * ``"factorised"``: ViViT Model 3 (Arnab et al. ICCV 2021): ``x + MSA_s(LN_s(x))`` and ``x + MSA_t(LN_t(x))``
   in the configurable ``order`` (default space then time), then the MLP.
 * ``"factorised_dot"``: ViViT Model 4: the first ``num_time_heads`` heads attend over time, the rest
