@@ -40,13 +40,16 @@ from pathlib import Path
 import numpy as np
 
 from kinetix.data.io import write_video
+from kinetix.errors import DatasetError
 
 __all__ = [
+    "DEFAULT_TEMPORAL_CLASSES",
     "DETECTION_ACTIONS",
     "TEMPORAL_CLASSES",
     "generate",
     "generate_detection",
     "generate_temporal",
+    "render_detection",
     "render_temporal",
     "sample_temporal_params",
 ]
@@ -253,6 +256,16 @@ def _reversed_pairs(classes: list[str]) -> list[list[int]]:
     return pairs
 
 
+def _prepare_out(out: Path) -> None:
+    """Refuse to write into a folder holding anything but an earlier synthetic dataset."""
+    if out.exists() and any(out.iterdir()) and not (out / "synth.json").exists():
+        raise DatasetError(
+            f"{out}: folder is not empty and holds no synthetic dataset (no synth.json); "
+            "choose a new or empty --out folder so that nothing of yours is overwritten"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+
+
 def _write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8", newline="\n")
@@ -290,6 +303,7 @@ def generate_temporal(
     if num_videos < 1 or size < 16:
         raise ValueError(f"need num_videos >= 1 and size >= 16, got {num_videos}, {size}")
     out = Path(out_dir)
+    _prepare_out(out)
     num_frames = max(2, round(fps * seconds))
     rng = np.random.default_rng(seed)
     labels = rng.permutation(np.arange(num_videos) % len(classes))  # (N,) balanced classes
@@ -455,6 +469,7 @@ def generate_detection(
             f"need num_videos >= 1, size >= 32 px and seconds >= 3, got {num_videos}, {size}, {seconds}"
         )
     out = Path(out_dir)
+    _prepare_out(out)
     num_frames = round(fps * seconds)
     timestamps = list(range(1, int(seconds - 1) + 1))  # keyframes at 1 s .. seconds-1 s
     rng = np.random.default_rng(seed)

@@ -18,6 +18,7 @@ from kinetix.data.synthetic import (
     render_temporal,
     sample_temporal_params,
 )
+from kinetix.errors import DatasetError
 
 SMALL_T = dict(num_videos=20, size=32, fps=8, seconds=1.0)
 SMALL_D = dict(num_videos=4, size=(64, 96), fps=8, seconds=4.0)
@@ -134,6 +135,15 @@ def test_generate_rejects_bad_arguments(tmp_path):
         generate("nope", tmp_path)
     with pytest.raises(ValueError, match="unknown classes"):
         generate("temporal", tmp_path, classes=["dancing"])
+    (tmp_path / "mine.txt").write_text("user data")
+    with pytest.raises(DatasetError, match="not empty"):  # never overwrite a user's folder
+        generate("temporal", tmp_path, num_videos=2, size=16, seconds=1)
+    assert (tmp_path / "mine.txt").read_text() == "user data"
+
+
+def test_regenerating_into_a_synthetic_folder_is_allowed(temporal):
+    out, summary = temporal
+    assert generate("temporal", out, seed=3, **SMALL_T) == summary
 
 
 # ----------------------------------------------------------------------------- detection
