@@ -85,7 +85,9 @@ class ContextHead(nn.Module):
         self.official_order = official_order
         self.encoder_to_decoder = nn.Linear(embed_dim, dim, bias=False)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
-        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        dpr = [
+            drop_path_rate * i / max(depth - 1, 1) for i in range(depth)
+        ]  # (python: works on the meta device)
         self.decoder = nn.Module()
         self.decoder.blocks = nn.ModuleList(
             CRDBlock(dim, num_heads, num_classes, act_dim, drop_path=d) for d in dpr

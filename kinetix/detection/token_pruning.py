@@ -172,7 +172,7 @@ def make_blocks(
     **kw,
 ) -> nn.ModuleList:
     """``depth`` blocks; block ``i`` is a :class:`KTPBlock` where ``keep_rates[i] < 1``."""
-    dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+    dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # (python: works on the meta device)
     return nn.ModuleList(
         KTPBlock(dim, num_heads, r, keyframe_weight, sort_kept, drop_path=d, **kw)
         if r < 1

@@ -33,6 +33,8 @@ from .datamodule import VideoDataModule, fingerprint_files, resolve_data_setting
 from .module import TrainingDivergedError, derive_seed
 from .optim import build_scheduler
 
+MONITOR = "val/mAP"  # the metric a `best` checkpoint should track for this task
+
 EXTRA_DEFAULTS = {
     "label_map": None,
     "exclusions": None,
