@@ -5,8 +5,9 @@ come in **time-reversed pairs** (moving left / right, rotating clockwise / count
 growing / shrinking, appearing / disappearing, ...): a video of one class of a pair is rendered as
 the exact time reverse of a video of the other class drawn from the same random parameters, so a
 model that ignores frame order (e.g. TSN's average of per-frame scores) cannot beat chance inside a
-pair, while TSM-style temporal modelling can. A few appearance-only classes (static square / circle)
-are solvable from a single frame. Layout (Kinetics-style)::
+pair, while TSM-style temporal modelling can. The appearance-only classes (a static red square, a
+static blue circle; the moving classes draw triangles, bars and crosses in random colours) are
+solvable from a single frame. Layout (Kinetics-style)::
 
     out/videos/<id>.mp4          (T = fps * seconds, size x size, H.264)
     out/train.csv, out/val.csv   label,youtube_id,time_start,time_end,split
@@ -70,8 +71,9 @@ TEMPORAL_CLASSES: dict[str, tuple[str, bool]] = {
     "darkening": ("light", True),
     "static square": ("static_square", False),
     "static circle": ("static_circle", False),
-    "static triangle": ("static_triangle", False),
 }
+_MOTION_SHAPES = ("triangle", "bar", "cross")  # squares and circles only ever appear in the static classes
+_STATIC_COLOURS = {"static_square": (220.0, 50.0, 50.0), "static_circle": (50.0, 90.0, 230.0)}  # red, blue
 DEFAULT_TEMPORAL_CLASSES = (
     "moving left",
     "moving right",
@@ -119,6 +121,10 @@ def _shape_mask(shape: str, yy, xx, cy, cx, r, angle) -> np.ndarray:
         d = np.max([math.cos(p) * u + math.sin(p) * v for p in phis], axis=0) - 0.5
     elif shape == "bar":
         d = np.maximum(np.abs(u) - 1.0, np.abs(v) - 0.3)
+    elif shape == "cross":  # two bars
+        d = np.minimum(
+            np.maximum(np.abs(u) - 1.0, np.abs(v) - 0.3), np.maximum(np.abs(v) - 1.0, np.abs(u) - 0.3)
+        )
     else:
         raise ValueError(f"unknown shape {shape!r}")
     return np.clip(0.5 - d * r, 0.0, 1.0)  # signed distance in px -> coverage
@@ -172,21 +178,18 @@ class TemporalParams:
 def sample_temporal_params(class_name: str, size: int, rng: np.random.Generator) -> TemporalParams:
     """Draw random appearance + motion parameters for a video of ``class_name`` (size x size)."""
     motion, _ = TEMPORAL_CLASSES[class_name]
-    if motion.startswith("static_"):
-        shape = motion.removeprefix("static_")
-    elif motion == "rotate":
-        shape = str(rng.choice(["square", "triangle", "bar"]))
-    else:
-        shape = str(rng.choice(["square", "circle", "triangle"]))
-    r = size * rng.uniform(0.12, 0.2)
+    shape = (
+        motion.removeprefix("static_") if motion.startswith("static_") else str(rng.choice(_MOTION_SHAPES))
+    )
+    r = size * rng.uniform(0.16, 0.24)
     amount = 0.0
     cy, cx = rng.uniform(r, size - r, 2)
     if motion in ("translate_x", "translate_y"):
-        amount = size * rng.uniform(0.3, 0.5)
+        amount = size * rng.uniform(0.3, 0.45)
         start = rng.uniform(r, size - r - amount)
         cy, cx = (start, cx) if motion == "translate_y" else (cy, start)
     elif motion == "rotate":
-        amount = rng.uniform(0.9, 1.4)  # 50-80 degrees: less than a square's 90-degree symmetry
+        amount = rng.uniform(0.9, 1.4)  # 50-80 degrees: less than a cross's 90-degree symmetry
         r = size * rng.uniform(0.2, 0.28)
         cy, cx = rng.uniform(0.35 * size, 0.65 * size, 2)
     elif motion == "scale":
@@ -194,6 +197,12 @@ def sample_temporal_params(class_name: str, size: int, rng: np.random.Generator)
         r = size * rng.uniform(0.07, 0.1)
         cy, cx = rng.uniform(r * amount, size - r * amount, 2)
     colours = _contrasting_colours(rng, 1)
+    if (
+        motion in _STATIC_COLOURS
+    ):  # appearance-only classes: a fixed hue (jittered) on a contrasting background
+        colours[1] = np.clip(np.array(_STATIC_COLOURS[motion]) + rng.uniform(-20, 20, 3), 0, 255)
+        while np.linalg.norm(colours[0] - colours[1]) < 110:
+            colours[0] = rng.uniform(20, 235, 3)
     return TemporalParams(
         shape=shape,
         colours=colours,
@@ -206,7 +215,7 @@ def sample_temporal_params(class_name: str, size: int, rng: np.random.Generator)
         drift=float(rng.uniform(-0.06, 0.06) * size),
         fade=(float(rng.uniform(0.0, 0.25)), float(rng.uniform(0.7, 1.0))),
         light=float(rng.uniform(60, 100)),
-        noise=float(rng.uniform(2, 6)),
+        noise=float(rng.uniform(1, 4)),
         noise_seed=int(rng.integers(2**31)),
     )
 

@@ -86,6 +86,17 @@ def test_reversed_pair_is_the_exact_time_reverse(pair):
         assert not np.array_equal(fa, fb)  # and the motion is real
 
 
+def test_appearance_only_shapes_never_move():
+    """Squares and circles are drawn only by the static classes, so one frame identifies those."""
+    rng = np.random.default_rng(0)
+    shapes = {
+        name: {sample_temporal_params(name, 48, rng).shape for _ in range(20)} for name in TEMPORAL_CLASSES
+    }
+    static = {s for name, ss in shapes.items() if name.startswith("static") for s in ss}
+    moving = {s for name, ss in shapes.items() if not name.startswith("static") for s in ss}
+    assert static == {"square", "circle"} and not static & moving
+
+
 def _foreground(frames, params):
     """(T, H, W) weight of pixels that look like the shape colour rather than the background."""
     f = frames.astype(np.float32)
