@@ -164,3 +164,33 @@ def test_evaluate_multiview_reports_and_reversal(tmp_path, data_dir):
     cfg.eval.reverse_frames = True
     rev = run.test(cfg, ckpt)
     assert Path(rev["report_dir"]).name == "eval-reversed" and rev["reverse_frames"]
+
+
+def test_bf16_accumulation_clipping_mixup_cutmix_layer_decay(tmp_path, data_dir):
+    """The recipe switches run together on CPU: bf16 autocast, gradient accumulation and clipping,
+    mixup/CutMix with label smoothing, layer-wise LR decay, head LR multiplier, AdamW, step schedule."""
+    cfg = _cfg(
+        tmp_path,
+        data_dir,
+        [
+            "train.precision=bf16-mixed",
+            "train.accumulate_grad_batches=2",
+            "train.gradient_clip_val=0.5",
+            "train.mixup_alpha=0.8",
+            "train.cutmix_alpha=1.0",
+            "train.label_smoothing=0.1",
+            "optim.name=adamw",
+            "optim.lr=0.001",
+            "optim.layer_decay=0.75",
+            "optim.head_lr_mult=10",
+            "schedule.name=step",
+            "schedule.milestones=[1]",
+            "train.epochs=2",
+        ],
+    )
+    out = run.fit(cfg)
+    trainer, module = out["trainer"], out["module"]
+    assert trainer.global_step == 4  # 3 batches per epoch, an optimiser step every 2 (and at epoch end)
+    lrs = sorted({round(g["lr"], 8) for g in trainer.optimizers[0].param_groups})
+    assert max(lrs) == pytest.approx(0.001 * 10 * 0.1)  # head group after the step at epoch 1
+    assert all(torch.isfinite(p).all() for p in module.model.parameters())
