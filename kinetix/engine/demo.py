@@ -104,10 +104,10 @@ def demo_config(preset: DemoPreset, model: str, data_dir: Path, runs_dir: Path, 
                 "num_workers": preset.num_workers,
                 "input_size": preset.size,
                 "test_resize": preset.size,
-                "flip": False,  # left/right motion classes: a flip would swap them
+                "flip": False,  # direction classes (left/right motion) would be swapped by a flip
             },
-            "optim": {"name": "adamw", "lr": preset.lr["vit" if vit else "cnn"], "weight_decay": 0.05},
-            "schedule": {"name": "cosine", "warmup_epochs": 0.5, "warmup_start_factor": 0.1},
+            "optim": dict(preset.optim["vit" if vit else "cnn"]),
+            "schedule": {"name": "cosine", "warmup_epochs": 0.3, "warmup_start_factor": 0.1},
             "train": {
                 "epochs": preset.epochs,
                 "output_dir": str(runs_dir),

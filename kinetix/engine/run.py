@@ -141,7 +141,12 @@ def _fit(cfg, resume, callbacks, **trainer_overrides) -> dict:
     module, dm = task.build(cfg, "fit")
     ckpt_dir = run_dir / "checkpoints"
     module.meta["checkpoint_dir"] = str(ckpt_dir)
-    saver = PeriodicCheckpoint(ckpt_dir, cfg.train.checkpoint_every_n_steps, cfg.train.keep_last)
+    saver = PeriodicCheckpoint(
+        ckpt_dir,
+        cfg.train.checkpoint_every_n_steps,
+        cfg.train.keep_last,
+        monitor=getattr(task, "MONITOR", "val/top1"),
+    )
     trainer = build_trainer(cfg, run_dir, "fit", [saver, *callbacks], **trainer_overrides)
     if trainer.is_global_zero:
         name = "config.yaml" if ckpt is None else f"config-resume-{ckpt.name}.yaml"
