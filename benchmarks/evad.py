@@ -3,8 +3,8 @@
 Runs ``evad_vit_base`` at keep rate 1.0 (the unpruned baseline), 0.7 and 0.6 with w_kf = 4, with the
 same weights, in one process, at 224×224, 288×288 (our 423 GMACs at keep 1.0 match the paper's 425
 GFLOPs there) and at an AVA-like 288×512 input, and prints GMACs (via
-``kinetix.utils.count_flops``; the explicit attention of the pruning blocks is plain matmuls and is
-counted), the median latency of several runs and both ratios to keep 1.0.
+``kinetix.utils.count_flops``; the pruning blocks' attention and their importance pass run through the
+CPU flash-attention op, which the counter maps to its QKᵀ and PV matmuls), the median latency of several runs and both ratios to keep 1.0.
 
 Paper (ICCV 2023, AVA short side 288): 425 → 243 GFLOPs at keep 0.7 (0.57×), +40 % real-time speed.
 Target here at 288×512, keep 0.7: GMACs ≤ 0.60× and latency ≤ 0.65× of keep 1.0.
