@@ -168,10 +168,19 @@ class VideoReader:
         self.num_threads = num_threads
         self._container, self._stream = _open_container(self.path)
         self._setup_stream()
+        s, ctx = self._stream, self._stream.codec_context
+        # stream facts read once (PyAV objects must not be touched after close())
+        self._rate = s.average_rate or s.guessed_rate or s.base_rate
+        self._stream_seconds = float(s.duration * s.time_base) if s.duration and s.time_base else None
+        self._container_seconds = (
+            self._container.duration / av.time_base if self._container.duration else None
+        )
+        self._coded_size = (ctx.width, ctx.height)
         st = self.path.stat()
         self._key = (str(self.path.resolve()), st.st_mtime_ns, st.st_size)
         self._index: _FrameIndex | None = None
         self.frames_decoded = 0  # running count of decoded frames (cost statistic)
+        self._closed = False
 
     def _setup_stream(self) -> None:
         ctx = self._stream.codec_context
@@ -204,22 +213,16 @@ class VideoReader:
 
     @property
     def fps(self) -> float:
-        s = self._stream
-        rate = s.average_rate or s.guessed_rate or s.base_rate
-        if rate:
-            return float(rate)
-        return self.num_frames / self.duration if self.duration else 30.0
+        """Average frame rate (frames per second; 30 when the file states none and has no duration)."""
+        if self._rate:
+            return float(self._rate)
+        seconds = self._stream_seconds or self._container_seconds
+        return self.num_frames / seconds if seconds else 30.0
 
     @property
     def duration(self) -> float:
         """Seconds: stream duration, else container duration, else frame count over frame rate."""
-        s = self._stream
-        if s.duration and s.time_base:
-            return float(s.duration * s.time_base)
-        if self._container.duration:
-            return self._container.duration / av.time_base
-        rate = s.average_rate or s.guessed_rate
-        return self.num_frames / float(rate) if rate else 0.0
+        return self._stream_seconds or self._container_seconds or self.num_frames / self.fps
 
     @property
     def rotation(self) -> int:
@@ -237,9 +240,8 @@ class VideoReader:
         return self._out_size()[1]
 
     def _out_size(self) -> tuple[int, int]:
-        ctx = self._stream.codec_context
-        w, h = (ctx.height, ctx.width) if self.rotation % 180 else (ctx.width, ctx.height)
-        return _display_size(w, h, self.short_side)
+        w, h = self._coded_size
+        return _display_size(*((h, w) if self.rotation % 180 else (w, h)), self.short_side)
 
     # ----------------------------------------------------------------- decoding
     def _to_rgb(self, frame: av.VideoFrame) -> np.ndarray:
@@ -257,6 +259,8 @@ class VideoReader:
 
     def get_frames(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> torch.Tensor:
         """Decode frames ``indices`` (0-based, presentation order) -> uint8 tensor (T, H, W, 3)."""
+        if self._closed:
+            raise ValueError(f"{self.path}: the reader is closed")
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         n = self.num_frames
         if idx.size and (idx.min() < 0 or idx.max() >= n):
@@ -362,6 +366,7 @@ class VideoReader:
 
     # ----------------------------------------------------------------- lifetime
     def close(self) -> None:
+        self._closed = True
         self._container.close()
 
     def __enter__(self) -> VideoReader:
