@@ -28,11 +28,19 @@ def example_input(
 def model_complexity(
     name: str, num_frames: int | None = None, input_size: int | tuple[int, int] | None = None, **kwargs
 ) -> FlopsResult:
-    """GMACs per view and parameter count of model ``name`` (built on the meta device)."""
+    """GMACs per view and parameter count of model ``name``.
+
+    Counted on the meta device (no compute). Models whose forward depends on data (e.g. a detector
+    grouping boxes by FPN level) cannot run there; they are counted on a real zero input instead."""
     cfg = get_pretrained_cfg(name)
     if num_frames is not None:
         kwargs.setdefault("num_frames", num_frames)
-    with torch.device("meta"):
+    try:
+        with torch.device("meta"):
+            model = create_model(name, **kwargs)
+        x = example_input(model, 1, num_frames or cfg.num_frames, input_size, device="meta")
+        return count_flops(model, x)
+    except (NotImplementedError, RuntimeError):  # data-dependent op without a meta kernel
         model = create_model(name, **kwargs)
-    x = example_input(model, 1, num_frames or cfg.num_frames, input_size, device="meta")
-    return count_flops(model, x)
+        x = example_input(model, 1, num_frames or cfg.num_frames, input_size)
+        return count_flops(model, x)

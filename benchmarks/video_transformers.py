@@ -12,28 +12,23 @@ report the median time of each and the median of the per-pair ratios.
    (1568 x 768) @ (768 x 3072) GEMM measured in the same run (target >= 90%).
 4. Attention schemes as T grows (8, 16, 32 frames): divided / joint / axial / L+G, GMACs and time.
 
-    python benchmarks/transformers.py            # full (slow on CPU: ~20-30 min on 2 cores)
-    python benchmarks/transformers.py --quick    # fewer repeats, smaller ViViT clip, 112 px scaling table
+    python benchmarks/video_transformers.py            # full (slow on CPU: ~20-30 min on 2 cores)
+    python benchmarks/video_transformers.py --quick    # fewer repeats, smaller ViViT clip, 112 px scaling table
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from functools import partial
-from pathlib import Path
 
-# This script is named like the HF package it compares against: keep its folder off the import path.
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+import torch
+import transformers
 
-import torch  # noqa: E402
-import transformers  # noqa: E402
-
-from kinetix.models import create_model  # noqa: E402
-from kinetix.models._builder import convert_state_dict, load_state_dict_strict  # noqa: E402
-from kinetix.models._complexity import model_complexity  # noqa: E402
+from kinetix.models import create_model
+from kinetix.models._builder import convert_state_dict, load_state_dict_strict
+from kinetix.models._complexity import model_complexity
 
 
 def _sync(device):
