@@ -56,7 +56,7 @@ class DemoPreset:
     num_frames: int = 8
     optim: dict = field(
         default_factory=lambda: {
-            "cnn": {"name": "sgd", "lr": 0.2, "weight_decay": 1.0e-4, "nesterov": True},
+            "cnn": {"name": "adamw", "lr": 0.003, "weight_decay": 0.05},
             "vit": {"name": "adamw", "lr": 0.002, "weight_decay": 0.05},
         }
     )
@@ -67,9 +67,9 @@ class DemoPreset:
 
 PRESETS = {
     "full": DemoPreset(
-        num_videos=1400, size=32, epochs=8, models=("test_tsn", "test_tsm", "test_gsm", "test_timesformer")
+        num_videos=1400, size=32, epochs=12, models=("test_tsn", "test_tsm", "test_gsm", "test_timesformer")
     ),
-    "quick": DemoPreset(num_videos=1000, size=32, epochs=7, models=("test_tsn", "test_tsm")),
+    "quick": DemoPreset(num_videos=1000, size=32, epochs=10, models=("test_tsn", "test_tsm")),
     "smoke": DemoPreset(
         num_videos=40,
         size=16,
