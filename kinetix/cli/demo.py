@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import textwrap
+
+
+def _wrap(text: str) -> str:
+    return textwrap.fill(text, 88)
 
 
 def register(sub) -> None:
     p = sub.add_parser(
         "demo",
         help="synthetic data -> train TSN/TSM(/GSM/TimeSformer) -> evaluate -> report",
-        description="Generate a synthetic dataset whose classes come in time-reversed pairs, train "
-        "small TSN and TSM models (plus GSM and TimeSformer in the full run) on CPU, evaluate them "
-        "on normal and time-reversed clips, and write DIR/report.md, DIR/report.json and plots. "
-        "TSN cannot tell a video from its reverse (about 50%% on the pair classes); the temporal "
-        "models can.",
+        description=_wrap(
+            "Generate a synthetic dataset whose classes come in time-reversed pairs, train "
+            "small TSN and TSM models (plus GSM and TimeSformer in the full run) on CPU, evaluate them "
+            "on normal and time-reversed clips, and write DIR/report.md, DIR/report.json and plots. "
+            "TSN cannot tell a video from its reverse (about 50% on the pair classes); the temporal "
+            "models can."
+        ),
         epilog="examples:\n  kinetix demo                 # full demo, about 10 min on 2 cores\n"
         "  kinetix demo --quick --out /tmp/demo   # TSN + TSM only, about 3 min",
         formatter_class=argparse.RawDescriptionHelpFormatter,

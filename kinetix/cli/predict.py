@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import textwrap
 
 from ._common import parse_views
+
+
+def _wrap(text: str) -> str:
+    return textwrap.fill(text, 88)
 
 
 def register(sub) -> None:
     p = sub.add_parser(
         "predict",
         help="classify video files",
-        description="Classify video files with a trained checkpoint (model, classes and data settings "
-        "are read from it) or a registered model's published weights. Each video is covered by "
-        "multi-view testing over its whole length.",
+        description=_wrap(
+            "Classify video files with a trained checkpoint (model, classes and data settings "
+            "are read from it) or a registered model's published weights. Each video is covered by "
+            "multi-view testing over its whole length."
+        ),
         epilog="examples:\n  kinetix predict clip.mp4 --checkpoint runs/demo_tsm/checkpoints/best --topk 3\n"
         "  kinetix predict a.mp4 b.mp4 --model tsm_r50 --checkpoint tsm_k400.safetensors --json",
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import textwrap
 
 from ._common import add_set_argument, load, parse_views
+
+
+def _wrap(text: str) -> str:
+    return textwrap.fill(text, 88)
 
 
 def register(sub) -> None:
     p = sub.add_parser(
         "test",
         help="evaluate a checkpoint (multi-view, per-class report, confusion matrix)",
-        description="Evaluate a checkpoint on the config's test split (data.test_ann, else val_ann) "
-        "with multi-view testing. Prints how many distinct views were used (and warns about "
-        "duplicates), top-1/top-5 and mean-class accuracy; writes per_class.csv, confusion.png and "
-        "metrics.json.",
+        description=_wrap(
+            "Evaluate a checkpoint on the config's test split (data.test_ann, else val_ann) "
+            "with multi-view testing. Prints how many distinct views were used (and warns about "
+            "duplicates), top-1/top-5 and mean-class accuracy; writes per_class.csv, confusion.png and "
+            "metrics.json."
+        ),
         epilog="examples:\n  kinetix test configs/tsm_r50_k400.yaml --checkpoint runs/tsm/checkpoints/best --views 10x3\n"
         "  kinetix test configs/demo_tsm.yaml --checkpoint runs/demo_tsm --reverse-frames",
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import textwrap
+
 from ._common import add_set_argument, load
+
+
+def _wrap(text: str) -> str:
+    return textwrap.fill(text, 88)
 
 
 def register(sub) -> None:
     p = sub.add_parser(
         "train",
         help="train a model from a YAML config",
-        description="Train any registered model from a flat YAML config (see configs/). Data settings "
-        "(frames, input size, normalisation) come from the model; the resolved config is saved in the "
-        "run folder and inside every checkpoint. Multi-GPU / multi-node: set train.devices, "
-        "train.num_nodes and train.strategy=ddp (docs/distributed.md).",
+        description=_wrap(
+            "Train any registered model from a flat YAML config (see configs/). Data settings "
+            "(frames, input size, normalisation) come from the model; the resolved config is saved in the "
+            "run folder and inside every checkpoint. Multi-GPU / multi-node: set train.devices, "
+            "train.num_nodes and train.strategy=ddp (docs/distributed.md)."
+        ),
         epilog="examples:\n  kinetix train configs/tsm_r50_k400.yaml --set optim.lr=0.02 train.epochs=50\n"
         "  kinetix train configs/tsm_r50_k400.yaml --resume runs/tsm_r50_k400  # latest checkpoint",
         formatter_class=__import__("argparse").RawDescriptionHelpFormatter,
