@@ -62,6 +62,12 @@ def run(args) -> int:
         cfg.eval.aggregate = args.aggregate
     cfg.train.progress_bar = False
     res = test(cfg, args.checkpoint, args.out)
+    if "mAP" in res:  # detection task: frame-mAP@0.5 (AVA protocol)
+        print(f"frame-mAP@0.5: {res['mAP']:.2f}")
+        for cls, ap in sorted(res.get("per_class", {}).items(), key=lambda kv: str(kv[0])):
+            print(f"  class {cls}: AP {ap:.2f}")
+        print(f"reports:     {args.out or 'CKPT/eval'}: predictions.csv, per_class.csv, metrics.json")
+        return 0
     clips, crops = res["views"]
     n = clips * crops
     print(

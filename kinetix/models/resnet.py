@@ -140,6 +140,7 @@ class ResNet(nn.Module):
         temporal_stages: stages (1..4) that get temporal layers.
         temporal_pool: TSM temporal max-pool before ``layer2`` (T -> T/2 for layers 2-4).
         base_width: channels of the stem (64 in the paper; tiny test models use 8-16).
+        small_input: 3x3 stride-1 stem without max-pool (CIFAR-style), for inputs of <= 64 px.
     """
 
     def __init__(
@@ -156,14 +157,19 @@ class ResNet(nn.Module):
         temporal_pool: bool = False,
         base_width: int = 64,
         zero_init_residual: bool = False,
+        small_input: bool = False,
     ):
         super().__init__()
         self.num_frames = num_frames
         self.inplanes = base_width
-        self.conv1 = nn.Conv2d(3, base_width, 7, 2, 3, bias=False)
+        if small_input:  # CIFAR-style stem for tiny inputs (<= 64 px): 3x3 stride 1, no max-pool
+            self.conv1 = nn.Conv2d(3, base_width, 3, 1, 1, bias=False)
+            self.maxpool = nn.Identity()
+        else:
+            self.conv1 = nn.Conv2d(3, base_width, 7, 2, 3, bias=False)
+            self.maxpool = nn.MaxPool2d(3, 2, 1)
         self.bn1 = nn.BatchNorm2d(base_width)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, 2, 1)
         self.temporal_pool = TemporalMaxPool(num_frames) if temporal_pool else nn.Identity()
         frames = num_frames
         for i, n in enumerate(layers, start=1):

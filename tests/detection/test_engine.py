@@ -28,7 +28,7 @@ def _cfg(synth, tmp_path, **extra):
     })  # fmt: skip
 
 
-def test_train_evaluate_detect(synth, tmp_path):
+def test_train_evaluate_detect(synth, tmp_path, capsys):
     from kinetix.cli.main import main
     from kinetix.engine import run
 
@@ -41,6 +41,12 @@ def test_train_evaluate_detect(synth, tmp_path):
     again = ava.evaluate(synth / "annotations/val.csv", tmp_path / "eval/predictions.csv",
                          synth / "annotations/label_map.pbtxt")  # fmt: skip
     assert again["mAP"] == pytest.approx(metrics["mAP"], abs=0.2)
+    # `kinetix test` on the detection config saved with the checkpoint prints the same frame-mAP
+    saved_cfg = next(p for p in (res["checkpoint"] / "config.yaml", res["checkpoint"].parent.parent / "config.yaml")
+                     if p.is_file())  # fmt: skip
+    capsys.readouterr()
+    assert main(["test", str(saved_cfg), "--checkpoint", str(res["checkpoint"]), "--out", str(tmp_path / "e2")]) == 0
+    assert f"frame-mAP@0.5: {metrics['mAP']:.2f}" in capsys.readouterr().out
     video = next((synth / "videos").glob("*.mp4"))
     out, csv = tmp_path / "overlay.mp4", tmp_path / "preds.csv"
     rc = main(["detect", str(video), "--checkpoint", str(res["checkpoint"]), "--out", str(out), "--csv", str(csv),

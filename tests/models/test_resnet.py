@@ -94,3 +94,13 @@ def test_load_image_weights_strict_and_temporal_only():
     r18 = ResNet(BasicBlock, (1, 1, 1, 1), base_width=8).state_dict()
     with pytest.raises(CheckpointError, match="shape mismatch"):
         load_image_weights(gsm, r18)
+
+
+def test_small_input_stem_keeps_resolution():
+    # CIFAR-style stem: 3x3 stride 1, no max-pool -> layer4 at 1/8 of the input (1/32 otherwise)
+    x = torch.randn(2, 3, 32, 32)
+    for small, side in ((True, 4), (False, 1)):
+        net = ResNet(BasicBlock, (1, 1, 1, 1), num_classes=0, base_width=8, small_input=small).eval()
+        feats = net.layer4(net.layer3(net.layer2(net.layer1(net.maxpool(net.relu(net.bn1(net.conv1(x))))))))
+        assert feats.shape[-2:] == (side, side)
+    assert net.conv1.kernel_size == (7, 7)
