@@ -45,7 +45,10 @@ def test_train_evaluate_detect(synth, tmp_path, capsys):
     saved_cfg = next(p for p in (res["checkpoint"] / "config.yaml", res["checkpoint"].parent.parent / "config.yaml")
                      if p.is_file())  # fmt: skip
     capsys.readouterr()
-    assert main(["test", str(saved_cfg), "--checkpoint", str(res["checkpoint"]), "--out", str(tmp_path / "e2")]) == 0
+    assert (
+        main(["test", str(saved_cfg), "--checkpoint", str(res["checkpoint"]), "--out", str(tmp_path / "e2")])
+        == 0
+    )
     assert f"frame-mAP@0.5: {metrics['mAP']:.2f}" in capsys.readouterr().out
     video = next((synth / "videos").glob("*.mp4"))
     out, csv = tmp_path / "overlay.mp4", tmp_path / "preds.csv"
