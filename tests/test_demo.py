@@ -34,7 +34,7 @@ def test_demo_smoke_writes_report(tmp_path, capsys):
     assert main(["demo", "--smoke", "--out", str(out), "--no-progress"]) == 0
     _check_report(out, ["test_tsn", "test_tsm"])
     text = capsys.readouterr().out
-    assert "pairs, reversed input" in text and "TSN near chance" in text
+    assert "pairs, reversed input" in text and "TSN direction on reversed pairs near chance" in text
     # the runs are ordinary kinetix runs: configs saved, checkpoints loadable
     assert (out / "runs" / "test_tsm" / "config.yaml").is_file()
     # a second run into the same demo folder replaces it; a foreign folder is refused
@@ -51,5 +51,6 @@ def test_quick_demo_shows_the_claim(tmp_path):
     out = tmp_path / "demo"
     main(["demo", "--quick", "--out", str(out), "--no-progress"])
     report = _check_report(out, ["test_tsn", "test_tsm"])
-    assert report["models"]["test_tsn"]["normal"]["pairs_top1"] <= 65.0
-    assert report["models"]["test_tsm"]["normal"]["pairs_top1"] >= 90.0
+    assert 35.0 <= report["models"]["test_tsn"]["normal"]["pairs_direction"] <= 65.0
+    assert report["models"]["test_tsm"]["normal"]["pairs_direction"] >= 90.0
+    assert report["models"]["test_tsm"]["reversed"]["pairs_top1"] <= 20.0  # reversed clips flip it

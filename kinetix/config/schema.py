@@ -57,6 +57,7 @@ class DataSection:
     randaugment: list | None = None  # [num_ops, magnitude], e.g. [2, 9]
     erase_prob: float = 0.0
     max_bad_fraction: float = 0.01  # skip undecodable videos, stop past this fraction
+    cache_decoded: bool = False  # keep decoded videos in memory (small datasets: demo, quick tests)
 
 
 @dataclass

@@ -214,6 +214,9 @@ class VideoClassificationDataset(_RobustDataset):
             (default: float in [0, 1]).
         short_side: resize on decode (cheaper than decoding full size and resizing).
         classes: class names (index order).
+        cache_decoded: decode each video once and keep all its frames in memory (uint8), so later
+            epochs only index them. For small datasets (the demo, quick experiments): memory grows
+            with ``frames x H x W x 3`` per video, per DataLoader worker process.
 
     Records with ``start``/``end`` (Kinetics) read only that span when the file is clearly
     untrimmed (longer than the span by more than 1 s and at least ``end`` long).
@@ -235,6 +238,7 @@ class VideoClassificationDataset(_RobustDataset):
         min_attempts: int = 20,
         seed: int = 0,
         classes: Sequence[str] | None = None,
+        cache_decoded: bool = False,
     ):
         super().__init__(max_bad_fraction, min_attempts, seed)
         if sampling not in ("segment", "dense"):
@@ -247,6 +251,8 @@ class VideoClassificationDataset(_RobustDataset):
         self.mode, self.num_clips = mode, num_clips
         self.transform, self.short_side = transform, short_side
         self.classes = list(classes) if classes else None
+        self.cache_decoded = cache_decoded
+        self._decoded: dict[int, tuple[torch.Tensor, float, float]] = {}  # index -> (frames, fps, s)
 
     @classmethod
     def from_annotations(
@@ -299,17 +305,31 @@ class VideoClassificationDataset(_RobustDataset):
             return np.stack([segment_indices(n, T, "train", rng) for _ in range(k)])
         return dense_indices(n, T, self.frame_interval, "train", k, rng).reshape(k, T)
 
+    def _span(self, rec, n: int, fps: float, duration: float) -> tuple[int, int]:
+        """(first frame, frame count) to sample from: the annotated span of an untrimmed video."""
+        lo = 0
+        if rec.start is not None and rec.end is not None:
+            if duration > rec.end - rec.start + 1.0 and duration >= rec.end - 0.5:  # untrimmed
+                lo = min(int(rec.start * fps), n - 1)
+                n = max(1, min(n, int(rec.end * fps)) - lo)
+        return lo, n
+
     def _load(self, index: int, rng, gen) -> dict:
         rec = self.samples[index]
-        with open_video(self._sample_path(index), short_side=self.short_side) as reader:
-            n, lo = reader.num_frames, 0
-            if rec.start is not None and rec.end is not None:
-                dur = reader.duration
-                if dur > rec.end - rec.start + 1.0 and dur >= rec.end - 0.5:  # untrimmed: read the span
-                    lo = min(int(rec.start * reader.fps), n - 1)
-                    n = max(1, min(n, int(rec.end * reader.fps)) - lo)
+        if self.cache_decoded:
+            if index not in self._decoded:
+                with open_video(self._sample_path(index), short_side=self.short_side) as reader:
+                    everything = reader.get_frames(np.arange(reader.num_frames))
+                    self._decoded[index] = (everything, reader.fps, reader.duration)
+            everything, fps, duration = self._decoded[index]
+            lo, n = self._span(rec, len(everything), fps, duration)
             idx = self._indices(n, rng) + lo  # (num_clips, T)
-            frames = reader.get_frames(idx.reshape(-1))  # (num_clips * T, H, W, 3)
+            frames = everything[torch.from_numpy(idx.reshape(-1))]
+        else:
+            with open_video(self._sample_path(index), short_side=self.short_side) as reader:
+                lo, n = self._span(rec, reader.num_frames, reader.fps, reader.duration)
+                idx = self._indices(n, rng) + lo  # (num_clips, T)
+                frames = reader.get_frames(idx.reshape(-1))  # (num_clips * T, H, W, 3)
         frames = frames.view(self.num_clips, self.num_frames, *frames.shape[1:])
         transform = self.transform or _TO_FLOAT
         label = rec.label

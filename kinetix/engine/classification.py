@@ -85,6 +85,7 @@ def _make_dataset(cfg, ann: Path, settings, mode: str, classes=None):
         short_side=resize,
         max_bad_fraction=d.max_bad_fraction,
         seed=cfg.seed,
+        cache_decoded=d.cache_decoded,
     )
 
 

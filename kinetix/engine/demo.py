@@ -60,16 +60,25 @@ class DemoPreset:
             "vit": {"name": "adamw", "lr": 0.002, "weight_decay": 0.05},
         }
     )
-    num_workers: int = 1
+    num_workers: int = 0  # decoded videos are cached in the main process (data.cache_decoded)
     classes: tuple[str, ...] = DEMO_CLASSES
     model_kwargs: dict = field(default_factory=dict)  # extra entry-point kwargs of the CNNs
 
 
+# 40 epochs: the direction of the pairs is learned late (a phase change after ~25 epochs), the
+# appearance early. Decoded videos are cached in memory, so epochs after the first cost only compute.
+# shift_div 4: at width 8 the default 1/8 would move a single channel each way in the first stage.
 PRESETS = {
     "full": DemoPreset(
-        num_videos=1400, size=32, epochs=12, models=("test_tsn", "test_tsm", "test_gsm", "test_timesformer")
+        num_videos=1400,
+        size=32,
+        epochs=40,
+        models=("test_tsn", "test_tsm", "test_gsm", "test_timesformer"),
+        model_kwargs={"shift_div": 4},
     ),
-    "quick": DemoPreset(num_videos=1000, size=32, epochs=10, models=("test_tsn", "test_tsm")),
+    "quick": DemoPreset(
+        num_videos=1000, size=32, epochs=40, models=("test_tsn", "test_tsm"), model_kwargs={"shift_div": 4}
+    ),
     "smoke": DemoPreset(
         num_videos=40,
         size=16,
@@ -78,7 +87,6 @@ PRESETS = {
         batch_size=4,
         seconds=1.0,
         num_frames=4,
-        num_workers=0,
     ),
 }
 
@@ -104,6 +112,7 @@ def demo_config(preset: DemoPreset, model: str, data_dir: Path, runs_dir: Path, 
                 "num_workers": preset.num_workers,
                 "input_size": preset.size,
                 "test_resize": preset.size,
+                "cache_decoded": True,
                 "flip": False,  # direction classes (left/right motion) would be swapped by a flip
             },
             "optim": dict(preset.optim["vit" if vit else "cnn"]),
@@ -201,6 +210,7 @@ def run_demo(
             entry["reversed" if reverse else "normal"] = {
                 "top1": round(ev["top1"], 2),
                 "pairs_top1": round(meter.accuracy_on(pairs), 2),
+                "pairs_direction": round(meter.direction_accuracy(synth["reversed_pairs"]), 2),
                 "appearance_top1": round(meter.accuracy_on(appearance), 2) if appearance else None,
                 "confusion_png": str(Path(ev["report_dir"]) / "confusion.png"),
             }
@@ -222,8 +232,10 @@ def run_demo(
 
 
 def _claim(results: dict) -> dict:
-    tsn = [r["normal"]["pairs_top1"] for m, r in results.items() if m not in TEMPORAL]
-    temporal = {m: r["normal"]["pairs_top1"] for m, r in results.items() if m in TEMPORAL}
+    # TSN's per-frame average cannot tell a clip from its reverse: its direction accuracy within the
+    # pairs is at chance (50%) whatever it learns about the pairs' appearance.
+    tsn = [r["normal"]["pairs_direction"] for m, r in results.items() if m not in TEMPORAL]
+    temporal = {m: r["normal"]["pairs_direction"] for m, r in results.items() if m in TEMPORAL}
     return {
         "tsn_pairs_near_chance": bool(tsn) and all(35.0 <= v <= 65.0 for v in tsn),
         "temporal_models_at_least_90": bool(temporal) and all(v >= 90.0 for v in temporal.values()),
@@ -253,19 +265,20 @@ def _report(out, mode, seed, preset, synth, results, t_data, t_total) -> dict:
 
 def summary_table(report: dict) -> str:
     lines = [
-        f"{'model':<18} {'top-1':>7} {'pairs':>7} {'pairs, reversed input':>22} {'train s':>8}",
-        "-" * 66,
+        f"{'model':<18} {'top-1':>7} {'pairs':>7} {'direction':>10} {'pairs, reversed input':>22} {'train s':>8}",
+        "-" * 77,
     ]
     for m, r in report["models"].items():
         lines.append(
             f"{m:<18} {r['normal']['top1']:>6.1f}% {r['normal']['pairs_top1']:>6.1f}% "
-            f"{r['reversed']['pairs_top1']:>21.1f}% {r['train_seconds']:>8.0f}"
+            f"{r['normal']['pairs_direction']:>9.1f}% {r['reversed']['pairs_top1']:>21.1f}% "
+            f"{r['train_seconds']:>8.0f}"
         )
     c = report["claim"]
     lines.append("")
     lines.append(
-        f"TSN near chance (50%) on reversed pairs: {'yes' if c['tsn_pairs_near_chance'] else 'NO'};  "
-        f"temporal models >= 90%: {'yes' if c['temporal_models_at_least_90'] else 'NO'}  "
+        f"TSN direction on reversed pairs near chance (50%): {'yes' if c['tsn_pairs_near_chance'] else 'NO'};  "
+        f"temporal models' direction >= 90%: {'yes' if c['temporal_models_at_least_90'] else 'NO'}  "
         f"(total {report['seconds']['total']:.0f} s)"
     )
     return "\n".join(lines)
@@ -277,7 +290,8 @@ def _markdown(report: dict) -> str:
     pairs = ", ".join(f"{names[a]} / {names[b]}" for a, b in ds["reversed_pairs"])
     rows = "\n".join(
         f"| {m} | {r['params'] / 1e3:.0f} k | {r['normal']['top1']:.1f}% | {r['normal']['pairs_top1']:.1f}% | "
-        f"{r['reversed']['top1']:.1f}% | {r['reversed']['pairs_top1']:.1f}% | {r['train_seconds']:.0f} |"
+        f"{r['normal']['pairs_direction']:.1f}% | {r['reversed']['top1']:.1f}% | {r['reversed']['pairs_top1']:.1f}% | "
+        f"{r['train_seconds']:.0f} |"
         for m, r in report["models"].items()
     )
     c = report["claim"]
@@ -294,14 +308,15 @@ on the pair classes it can only guess the direction (chance = 50%). Temporal mod
 GSM's gated shift, TimeSformer's temporal attention) can tell them apart. Feeding time-reversed clips
 (`kinetix test --reverse-frames`) makes a temporal model predict the partner class.
 
-| model | params | top-1 | reversed-pair classes | top-1, reversed input | pairs, reversed input | train s |
-|---|---|---|---|---|---|---|
+| model | params | top-1 | reversed-pair classes | direction within pairs | top-1, reversed input | pairs, reversed input | train s |
+|---|---|---|---|---|---|---|---|
 {rows}
 
-Chance: {report["chance"]["overall"]:.0f}% overall, 50% on the pair classes.
+Chance: {report["chance"]["overall"]:.0f}% overall, 50% on the pair classes. "Direction within pairs":
+of the pair-class clips predicted as one of their pair, the share given the right direction.
 
-- TSN near chance on the reversed pairs: **{"yes" if c["tsn_pairs_near_chance"] else "no"}**
-- temporal models at least 90% on the reversed pairs: **{"yes" if c["temporal_models_at_least_90"] else "no"}**
+- TSN's direction within the reversed pairs near chance (35-65%): **{"yes" if c["tsn_pairs_near_chance"] else "no"}**
+- temporal models' direction within the reversed pairs at least 90%: **{"yes" if c["temporal_models_at_least_90"] else "no"}**
 
 ![accuracy](accuracy.png)
 

@@ -75,6 +75,17 @@ class ClassificationMeter:
         total = int(rows.sum())
         return 100.0 * int(rows[torch.arange(len(idx)), idx].sum()) / max(1, total)
 
+    def direction_accuracy(self, pairs) -> float:
+        """Over samples of time-reversed class pairs ``[(a, b), ...]`` that were predicted as one of
+        their pair, the % predicted as the right one: the model's grasp of temporal direction
+        (chance 50%, whatever it does on the other classes)."""
+        right = wrong = 0
+        for a, b in pairs:
+            c = self.confusion
+            right += int(c[a, a] + c[b, b])
+            wrong += int(c[a, b] + c[b, a])
+        return 100.0 * right / max(1, right + wrong)
+
     def write_per_class_csv(self, path: str | Path, class_names: list[str] | None = None) -> Path:
         names = class_names or [str(i) for i in range(self.num_classes)]
         acc = self.per_class_accuracy()

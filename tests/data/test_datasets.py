@@ -263,3 +263,16 @@ def test_synthetic_detection_loads_with_boxes_inside_frames(tmp_path):
         )
         assert (it["labels"].sum(1) >= 1).all()
     assert not ds.bad_samples
+
+
+def test_cache_decoded_gives_the_same_clips(three_videos):
+    paths, lst = three_videos
+    kw = dict(num_frames=4, mode="train", seed=3)
+    plain = VideoClassificationDataset.from_annotations(lst, **kw)
+    cached = VideoClassificationDataset.from_annotations(lst, cache_decoded=True, **kw)
+    for epoch in (0, 1):  # second epoch served from memory, with new random offsets
+        plain.set_epoch(epoch)
+        cached.set_epoch(epoch)
+        for i in range(len(plain)):
+            assert torch.equal(plain[i]["video"], cached[i]["video"])
+    assert len(cached._decoded) == len(paths)

@@ -49,3 +49,13 @@ def test_meter_matches_hand_computed_values(tmp_path):
 def test_topk_caps_k_at_num_classes():
     s = torch.tensor([[0.1, 0.9], [0.8, 0.2]])
     assert topk_correct(s, torch.tensor([0, 0]), (1, 5)) == {1: 1, 5: 2}
+
+
+def test_direction_accuracy_within_reversed_pairs():
+    m = ClassificationMeter(5, ks=(1,))
+    # pair (0, 1): 3 right, 1 swapped, 1 predicted outside the pair (ignored); pair (2, 3): 1 right, 1 swapped
+    labels = torch.tensor([0, 0, 1, 1, 0, 2, 3])
+    preds = torch.tensor([0, 1, 1, 1, 4, 2, 2])
+    m.update(torch.nn.functional.one_hot(preds, 5).float(), labels)
+    assert m.direction_accuracy([(0, 1), (2, 3)]) == 100.0 * 4 / 6
+    assert m.accuracy_on([0, 1, 2, 3]) == 100.0 * 4 / 7
