@@ -308,10 +308,10 @@ class VideoClassificationDataset(_RobustDataset):
     def _span(self, rec, n: int, fps: float, duration: float) -> tuple[int, int]:
         """(first frame, frame count) to sample from: the annotated span of an untrimmed video."""
         lo = 0
-        if rec.start is not None and rec.end is not None:
-            if duration > rec.end - rec.start + 1.0 and duration >= rec.end - 0.5:  # untrimmed
-                lo = min(int(rec.start * fps), n - 1)
-                n = max(1, min(n, int(rec.end * fps)) - lo)
+        untrimmed = rec.start is not None and rec.end is not None
+        if untrimmed and duration > rec.end - rec.start + 1.0 and duration >= rec.end - 0.5:
+            lo = min(int(rec.start * fps), n - 1)
+            n = max(1, min(n, int(rec.end * fps)) - lo)
         return lo, n
 
     def _load(self, index: int, rng, gen) -> dict:
