@@ -68,12 +68,14 @@ class DemoPreset:
 # 40 epochs: the direction of the pairs is learned late (a phase change after ~25 epochs), the
 # appearance early. Decoded videos are cached in memory, so epochs after the first cost only compute.
 # shift_div 4: at width 8 the default 1/8 would move a single channel each way in the first stage.
+# The tiny TimeSformer is left out: it starts order-invariant (temporal_fc = 0, time embedding = 0)
+# and in this budget stayed at chance on direction (50%) — it needs a longer schedule than 10 min.
 PRESETS = {
     "full": DemoPreset(
         num_videos=1400,
         size=32,
         epochs=40,
-        models=("test_tsn", "test_tsm", "test_gsm", "test_timesformer"),
+        models=("test_tsn", "test_tsm", "test_gsm"),
         model_kwargs={"shift_div": 4},
     ),
     "quick": DemoPreset(
