@@ -63,7 +63,6 @@ def make_run_dir(cfg) -> Path:
             v += 1
             run_dir = base.with_name(f"{base.name}-v{v}")
     run_dir.mkdir(parents=True, exist_ok=True)
-    os.environ[_RUN_DIR_ENV] = str(run_dir)
     return run_dir
 
 
@@ -134,9 +133,9 @@ def _fit(cfg, resume, callbacks, **trainer_overrides) -> dict:
     ckpt = resolve_checkpoint(resume) if resume is not None else None
     if ckpt is not None:
         run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-        os.environ.setdefault(_RUN_DIR_ENV, str(run_dir))
     else:
         run_dir = make_run_dir(cfg)
+    os.environ.setdefault(_RUN_DIR_ENV, str(run_dir))  # DDP children inherit it; fit() removes it
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     module, dm = task.build(cfg, "fit")
     ckpt_dir = run_dir / "checkpoints"
