@@ -147,6 +147,15 @@ def _display_size(w: int, h: int, short_side: int | None) -> tuple[int, int]:
     return max(1, round(w * scale)), max(1, round(h * scale))
 
 
+def _checked_indices(path, indices, n: int, what: str) -> np.ndarray:
+    """``indices`` as a flat int64 array; ``IndexError`` naming the file if one is out of range."""
+    idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+    if idx.size and (idx.min() < 0 or idx.max() >= n):
+        bad = int(idx[(idx < 0) | (idx >= n)][0])
+        raise IndexError(f"{path}: frame index {bad} out of range: the {what} has {n} frames (0..{n - 1})")
+    return idx
+
+
 class VideoReader:
     """Frame-accurate random access to a video file.
 
@@ -261,13 +270,7 @@ class VideoReader:
         """Decode frames ``indices`` (0-based, presentation order) -> uint8 tensor (T, H, W, 3)."""
         if self._closed:
             raise ValueError(f"{self.path}: the reader is closed")
-        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-        n = self.num_frames
-        if idx.size and (idx.min() < 0 or idx.max() >= n):
-            bad = int(idx[(idx < 0) | (idx >= n)][0])
-            raise IndexError(
-                f"{self.path}: frame index {bad} out of range: the video has {n} frames (0..{n - 1})"
-            )
+        idx = _checked_indices(self.path, indices, self.num_frames, "video")
         if not idx.size:
             return torch.empty((0, self.height, self.width, 3), dtype=torch.uint8)
         uniq, inverse = np.unique(idx, return_inverse=True)
@@ -500,13 +503,7 @@ class FrameFolderReader:
             raise VideoDecodeError(p, f"cannot read frame image ({e})", "Re-extract the frames") from e
 
     def get_frames(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> torch.Tensor:
-        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-        n = self._num_frames
-        if idx.size and (idx.min() < 0 or idx.max() >= n):
-            bad = int(idx[(idx < 0) | (idx >= n)][0])
-            raise IndexError(
-                f"{self.path}: frame index {bad} out of range: the folder has {n} frames (0..{n - 1})"
-            )
+        idx = _checked_indices(self.path, indices, self._num_frames, "folder")
         if not idx.size:
             return torch.empty((0, self.height, self.width, 3), dtype=torch.uint8)
         uniq, inverse = np.unique(idx, return_inverse=True)

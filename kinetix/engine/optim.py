@@ -22,18 +22,17 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
+from kinetix.models._builder import classifier_module
+
 _DEPTH = re.compile(r"(?:^|\.)(?:blocks|layers|stages|layer)\.?(\d+)(?:\.|$)")
 
 
 def _head_names(model: nn.Module) -> set[str]:
-    get = getattr(model, "get_classifier", None)
-    head = get() if callable(get) else None
-    if not isinstance(head, nn.Module):
+    found = classifier_module(model)
+    if found is None:
         return set()
-    for prefix, mod in model.named_modules():
-        if mod is head:
-            return {f"{prefix}.{n}" if prefix else n for n, _ in head.named_parameters()}
-    return set()
+    prefix, head = found
+    return {f"{prefix}.{n}" if prefix else n for n, _ in head.named_parameters()}
 
 
 def layer_ids(model: nn.Module) -> tuple[dict[str, int], int]:

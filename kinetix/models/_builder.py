@@ -78,15 +78,23 @@ def load_state_dict_strict(model: nn.Module, state_dict: dict[str, torch.Tensor]
     model.load_state_dict(state_dict, strict=True)
 
 
-def _classifier_keys(model: nn.Module) -> set[str]:
+def classifier_module(model: nn.Module) -> tuple[str, nn.Module] | None:
+    """``(qualified name, module)`` of ``model.get_classifier()``, or ``None`` if it has none."""
     get = getattr(model, "get_classifier", None)
     head = get() if callable(get) else None
-    if not isinstance(head, nn.Module):
+    if isinstance(head, nn.Module):
+        for prefix, mod in model.named_modules():
+            if mod is head:
+                return prefix, head
+    return None
+
+
+def _classifier_keys(model: nn.Module) -> set[str]:
+    found = classifier_module(model)
+    if found is None:
         return set()
-    for prefix, mod in model.named_modules():
-        if mod is head:
-            return {f"{prefix}.{k}" for k in head.state_dict()}
-    return set()
+    prefix, head = found
+    return {f"{prefix}.{k}" if prefix else k for k in head.state_dict()}
 
 
 def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
