@@ -30,7 +30,7 @@ from kinetix.detection import ava
 from kinetix.errors import ConfigError, DatasetError
 
 from .datamodule import VideoDataModule, fingerprint_files, resolve_data_settings
-from .module import TrainingDivergedError, derive_seed
+from .module import TrainingDivergedError, checkpoint_metadata, derive_seed
 from .optim import build_scheduler
 
 MONITOR = "val/mAP"  # the metric a `best` checkpoint should track for this task
@@ -199,18 +199,7 @@ class DetectionModule(pl.LightningModule):
         self.test_results = self._frame_map()
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        from kinetix.config import config_to_dict, config_to_yaml
-
-        metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if v.numel() == 1}
-        checkpoint["kinetix"] = {
-            "model_name": getattr(self.model, "model_name", type(self.model).__name__),
-            "pretrained_cfg": self.model.pretrained_cfg.to_dict(),
-            "config": config_to_dict(self.cfg),
-            "config_yaml": config_to_yaml(self.cfg),
-            "class_names": self.class_names,
-            "metrics": metrics,
-            **{k: v for k, v in self.meta.items() if k != "checkpoint_dir"},
-        }
+        checkpoint["kinetix"] = checkpoint_metadata(self)
 
 
 def _dataset(cfg, ann: Path, settings, mode: str, label_map: dict, ex: dict):

@@ -195,15 +195,21 @@ class ClassificationModule(pl.LightningModule):
 
     # ------------------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        from kinetix.config import config_to_dict, config_to_yaml
+        checkpoint["kinetix"] = checkpoint_metadata(self)
 
-        metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if v.numel() == 1}
-        checkpoint["kinetix"] = {
-            "model_name": getattr(self.model, "model_name", type(self.model).__name__),
-            "pretrained_cfg": self.model.pretrained_cfg.to_dict(),
-            "config": config_to_dict(self.cfg),
-            "config_yaml": config_to_yaml(self.cfg),
-            "class_names": self.class_names,
-            "metrics": metrics,
-            **{k: v for k, v in self.meta.items() if k != "checkpoint_dir"},
-        }
+
+def checkpoint_metadata(module: pl.LightningModule) -> dict:
+    """What kinetix stores beside the weights in every checkpoint of a task module: model name and
+    PretrainedCfg, the resolved config (dict and YAML), class names, current metrics, run meta."""
+    from kinetix.config import config_to_dict, config_to_yaml
+
+    metrics = {k: float(v) for k, v in module.trainer.callback_metrics.items() if v.numel() == 1}
+    return {
+        "model_name": getattr(module.model, "model_name", type(module.model).__name__),
+        "pretrained_cfg": module.model.pretrained_cfg.to_dict(),
+        "config": config_to_dict(module.cfg),
+        "config_yaml": config_to_yaml(module.cfg),
+        "class_names": module.class_names,
+        "metrics": metrics,
+        **{k: v for k, v in module.meta.items() if k != "checkpoint_dir"},
+    }
