@@ -20,7 +20,7 @@ from pathlib import Path
 from kinetix.errors import AnnotationError, DatasetError, KinetixError
 
 from . import annotations as ann
-from .datasets import FORMATS, detect_format
+from .datasets import FORMATS, detect_format, load_annotations
 from .io import open_video
 
 DURATION_BINS = (0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 60.0, 300.0)  # seconds; last bin is open-ended
@@ -167,36 +167,10 @@ def _collect(report: DatasetReport):
 def _check_classification(path: Path, root, fmt, classes, decode, max_videos, **kw) -> DatasetReport:
     report = DatasetReport(str(path), fmt)
     on_error = _collect(report)
-    sibling = path.parent / "classes.txt" if path.is_file() else None
-    if (
-        classes is None
-        and fmt in ("kinetics", "list", "rawframes")
-        and sibling is not None
-        and sibling.is_file()
-    ):
-        classes = sibling
-    if fmt == "kinetics":
-        records, names = ann.parse_kinetics_csv(path, classes, on_error)
-    elif fmt == "list":
-        records, names = ann.parse_video_list(path, classes, on_error)
-    elif fmt == "rawframes":
-        records, names = ann.parse_rawframe_list(path, classes, on_error)
-    elif fmt == "ssv2":
-        labels = kw.get("labels_file") or next(
-            (
-                c
-                for c in (path.with_name("labels.json"), path.with_name("something-something-v2-labels.json"))
-                if c.is_file()
-            ),
-            None,
-        )
-        if labels is None:
-            raise DatasetError(f"{path}: SSv2 needs the labels JSON (--labels FILE)")
-        records, names = ann.parse_ssv2(path, labels, on_error)
-    elif fmt == "ucf101":
-        records, names = ann.parse_ucf101(path, None, on_error)
-    else:
-        records, names = ann.parse_hmdb51(path, kw.get("split", 1), kw.get("subset", "train"), on_error)
+    records, names, _ = load_annotations(
+        path, fmt, classes, labels_file=kw.get("labels_file"), split=kw.get("split", 1),
+        subset=kw.get("subset", "train"), on_error=on_error,
+    )  # fmt: skip
     root = Path(root) if root is not None else (path if path.is_dir() else path.parent)
     records, _ = ann.resolve_paths(records, root)
     report.num_samples = len(records)

@@ -80,8 +80,13 @@ def _is_number(s: str) -> bool:
         return False
 
 
-def load_annotations(ann_file, format="auto", classes=None, *, labels_file=None, split=1, subset="train"):
+def load_annotations(
+    ann_file, format="auto", classes=None, *, labels_file=None, split=1, subset="train", on_error=None
+):
     """Parse a classification annotation file -> (records, classes or None, format).
+
+    ``on_error(AnnotationError)`` collects malformed lines instead of raising at the first one
+    (``kinetix data check`` reports them all).
 
     ``classes`` (list or file) fixes the class order; when omitted, a ``classes.txt`` next to the
     annotation file is used if there is one (as ``kinetix data synth`` writes), else each format's
@@ -102,11 +107,11 @@ def load_annotations(ann_file, format="auto", classes=None, *, labels_file=None,
     ):
         classes = sibling
     if fmt == "kinetics":
-        records, names = ann.parse_kinetics_csv(ann_file, classes)
+        records, names = ann.parse_kinetics_csv(ann_file, classes, on_error)
     elif fmt == "list":
-        records, names = ann.parse_video_list(ann_file, classes)
+        records, names = ann.parse_video_list(ann_file, classes, on_error)
     elif fmt == "rawframes":
-        records, names = ann.parse_rawframe_list(ann_file, classes)
+        records, names = ann.parse_rawframe_list(ann_file, classes, on_error)
     elif fmt == "ssv2":
         if labels_file is None:
             cands = [
@@ -114,12 +119,14 @@ def load_annotations(ann_file, format="auto", classes=None, *, labels_file=None,
             ]
             labels_file = next((c for c in cands if c.is_file()), None)
             if labels_file is None:
-                raise DatasetError(f"{ann_file}: SSv2 needs the labels JSON; pass labels_file=...")
-        records, names = ann.parse_ssv2(ann_file, labels_file)
+                raise DatasetError(
+                    f"{ann_file}: SSv2 needs the labels JSON; pass labels_file=... (CLI: --labels FILE)"
+                )
+        records, names = ann.parse_ssv2(ann_file, labels_file, on_error)
     elif fmt == "ucf101":
-        records, names = ann.parse_ucf101(ann_file)
+        records, names = ann.parse_ucf101(ann_file, None, on_error)
     else:
-        records, names = ann.parse_hmdb51(ann_file, split, subset)
+        records, names = ann.parse_hmdb51(ann_file, split, subset, on_error)
     return records, names, fmt
 
 
