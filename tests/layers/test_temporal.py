@@ -6,14 +6,7 @@ import torch.nn.functional as F
 
 from kinetix.layers.temporal import GateShift, TemporalShift, temporal_shift
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread (avoids OpenMP spin-waits on a shared 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 
 
 def _tsm_reference(x, t, fold_div=8):

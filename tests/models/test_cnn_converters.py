@@ -15,14 +15,7 @@ from kinetix.models._builder import convert_state_dict, load_state_dict_strict
 from kinetix.models.resnet import BasicBlock, ResNet
 from kinetix.utils.state_dict import read_state_dict
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread (avoids OpenMP spin-waits on a shared 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 
 
 def _randomise(model, sample):

@@ -7,14 +7,7 @@ from kinetix.layers.temporal import GateShift, TemporalShift
 from kinetix.models import create_model
 from kinetix.models._complexity import model_complexity
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread (avoids OpenMP spin-waits on a shared 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 
 
 def _tsm_reference(x, t, fold_div=8):

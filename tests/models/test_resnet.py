@@ -7,14 +7,7 @@ from kinetix.errors import CheckpointError
 from kinetix.layers.temporal import GateShift, TemporalShift
 from kinetix.models.resnet import BasicBlock, Bottleneck, ResNet, load_image_weights, resnet
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread (avoids OpenMP spin-waits on a shared 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 
 
 @pytest.mark.parametrize(

@@ -10,14 +10,7 @@ from kinetix.models import create_model
 from kinetix.models.resnet import Bottleneck, ResNet, load_image_weights
 from kinetix.models.sifa_net import GBottleneck
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread (avoids OpenMP spin-waits on a shared 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 
 
 # ---------------------------------------------------------------------------------------------
