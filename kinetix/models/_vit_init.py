@@ -19,18 +19,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kinetix.errors import CheckpointError
+from kinetix.layers.weight_init import trunc_normal_init_
 from kinetix.utils.state_dict import read_state_dict, strip_prefix
 
 
 def init_vit_weights(model: nn.Module) -> None:
+    """ViT init; ``*_fc`` linears (TimeSformer's ``temporal_fc``) start at zero."""
+    trunc_normal_init_(model)
     for name, m in model.named_modules():
-        if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
         if name.split(".")[-1].endswith("_fc") and isinstance(m, nn.Linear):
             nn.init.zeros_(m.weight)
             nn.init.zeros_(m.bias)

@@ -46,6 +46,7 @@ from kinetix.layers.attention import Attention
 from kinetix.layers.drop import DropPath
 from kinetix.layers.mlp import Mlp
 from kinetix.layers.patch_embed import TubeletEmbed
+from kinetix.layers.weight_init import trunc_normal_init_
 
 from ._pretrained import PretrainedCfg
 from ._registry import register_model
@@ -371,18 +372,11 @@ class SwinTransformer(nn.Module):
 
     def _init_weights(self) -> None:
         """Official Swin init; the temporal terms are zeroed again (identities at init)."""
+        trunc_normal_init_(self)
         for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, WindowAttention):
+            if isinstance(m, WindowAttention):
                 nn.init.trunc_normal_(m.relative_position_bias_table, std=0.02)
-        for m in self.modules():
-            if isinstance(m, InterFrameResidual):
+            elif isinstance(m, InterFrameResidual):
                 nn.init.zeros_(m.norm.weight)
                 nn.init.zeros_(m.norm.bias)
             elif isinstance(m, TemporalConv):
