@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from kinetix.layers.patch_embed import TubeletEmbed
 from kinetix.layers.pos_embed import sinusoid_table_3d
 from kinetix.layers.roi_align import roi_align
+from kinetix.layers.token_pruning import Block, keyframe_first, make_blocks
 from kinetix.models._pretrained import KINETICS_MEAN, KINETICS_STD, PretrainedCfg
 from kinetix.models._registry import register_model
 from kinetix.models.videomae import _from_hf as _videomae_from_hf
@@ -31,7 +32,6 @@ from kinetix.models.videomae import _from_hf as _videomae_from_hf
 from .boxes import clip_boxes, extend_boxes
 from .losses import DetectionCriterion
 from .sparse_rcnn import FPN, SparseRCNN
-from .token_pruning import Block, keyframe_first, make_blocks
 
 
 @dataclass

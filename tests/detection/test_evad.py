@@ -8,8 +8,8 @@ import torch.nn.functional as F
 
 from kinetix.detection.evad import DetectionOutput, checkpoint_filter_fn
 from kinetix.detection.sparse_rcnn import FPN, SparseRCNN, multiscale_roi_align
-from kinetix.detection.token_pruning import KTPBlock
 from kinetix.layers.roi_align import roi_align
+from kinetix.layers.token_pruning import KTPBlock
 from kinetix.models import create_model, load_checkpoint, save_model_weights
 
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from kinetix.detection.token_pruning import (
+from kinetix.layers.token_pruning import (
     Block,
     KTPBlock,
     attention_with_importance,
