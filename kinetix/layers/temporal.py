@@ -103,6 +103,20 @@ def temporal_shift(x: torch.Tensor, num_frames: int, fold_div: int = 8, causal: 
     return _ShiftFn.apply(x, num_frames, fold, first, second)
 
 
+def _slide(frames: tuple[torch.Tensor, ...], d: int, fill: torch.Tensor | None = None) -> torch.Tensor | None:
+    """In place, frame ``t`` of one fold takes frame ``t + d`` (``d = ±1``), in the order that reads
+    every source before it is overwritten; the frame with no source gets ``fill`` (zeros if
+    ``None``, and then a copy of the frame pushed out is returned). ``frames``: ``T`` views
+    ``(B, fold, H, W)``."""
+    order = range(len(frames) - 1) if d > 0 else range(len(frames) - 1, 0, -1)
+    pushed = frames[0 if d > 0 else -1].clone() if fill is None else None
+    for t in order:
+        frames[t].copy_(frames[t + d])
+    end = frames[-1 if d > 0 else 0]
+    end.zero_() if fill is None else end.copy_(fill)
+    return pushed
+
+
 class TemporalShift(nn.Module):
     """Zero-parameter temporal shift (TSM). ``(B*T, C, H, W) -> (B*T, C, H, W)``.
 
@@ -144,10 +158,11 @@ class TemporalShift(nn.Module):
     def apply_to(self, fn, x: torch.Tensor) -> torch.Tensor:
         """``fn(self(x))`` for the residual placement (``x`` itself stays unshifted for the identity).
 
-        Without autograd the shift is done in place in ``x``: only the ``2*fold`` moved channels are
-        saved, shifted and restored after ``fn`` — about 0.4x the memory traffic of a shifted copy.
-        With autograd (training), the out-of-place shift is used (in-place writes would invalidate
-        tensors saved for backward)."""
+        Without autograd the shift is done in place in ``x`` and undone after ``fn``: each moved fold
+        slides by one frame (a per-frame ``memmove`` along time, only the one frame pushed out is
+        saved), so the shift and the undo each read and write ``2*fold`` channels once — a third of
+        the traffic of save + shift + restore, and no full-tensor copy. With autograd (training) the
+        out-of-place shift is used (in-place writes would invalidate tensors saved for backward)."""
         if torch.is_grad_enabled():
             return fn(self(x))
         f = self.fold
@@ -161,12 +176,15 @@ class TemporalShift(nn.Module):
                 self.cache = new
         nt, c, h, w = x.shape
         xv = x.view(nt // self.num_frames, self.num_frames, c, h, w)  # (B, T, C, H, W)
-        saved = xv[:, :, : 2 * f].clone()  # (B, T, 2f, H, W)
-        _shift_into(xv, saved, f, self.first, self.second)
+        folds = [
+            (xv[:, :, i * f : (i + 1) * f].unbind(1), d) for i, d in enumerate((self.first, self.second)) if d
+        ]
+        pushed_out = [_slide(frames, d) for frames, d in folds]
         try:
             return fn(x)
         finally:
-            xv[:, :, : 2 * f] = saved
+            for (frames, d), saved in zip(folds, pushed_out):
+                _slide(frames, -d, saved)
 
     def extra_repr(self) -> str:
         return (
