@@ -110,6 +110,8 @@ def _flash_importance(q, k, lse, num_key: int, keyframe_weight: float, scale: fl
     (``[s·k_j, 1] · [q_i, bias_i]``; zero-padded to a multiple of 8), so a second flash pass
     returns ``log score`` per head without materialising ``(N, N)`` probabilities."""
     B, H, N, d = q.shape
+    if num_key == N:  # only key tokens left (the flash kernel fails on empty queries)
+        return q.new_zeros(B, 0, dtype=torch.float32)
     bias = -lse.float()  # (B, H, N)
     if keyframe_weight != 1.0:
         bias[..., :num_key] += math.log(keyframe_weight)

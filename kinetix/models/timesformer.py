@@ -12,13 +12,22 @@ Semantics follow the official code: per-frame ``Conv2d`` patches, learned ``pos_
 its residual averaged back), zero-initialised ``temporal_fc``. Embeddings are resized (nearest, as
 the official code) when the clip has another number of frames or resolution.
 
+``keep_rate < 1`` (joint attention only) switches on EVAD's keyframe-centric token pruning
+(``kinetix/layers/token_pruning.py``): tokens are put CLS, keyframe ``T // 2``, other frames; the
+blocks at ``prune_layers`` (default :func:`~kinetix.layers.token_pruning.default_prune_layers`: 4th,
+7th, 10th of 12) keep the CLS and keyframe tokens (the CLS counts as a keyframe token: always kept,
+its query row weighted ``keyframe_weight``) and the ``ceil(keep_rate·N) − 1 − h·w`` others that
+receive the most attention; the head reads the CLS token as without pruning.
+
 Input ``(B, 3, T, H, W)`` -> logits ``(B, num_classes)``; ``forward_features`` -> normed tokens
-``(B, 1 + N, D)`` (space-only: ``1 + H*W`` tokens averaged over frames).
+``(B, 1 + N, D)`` (space-only: ``1 + H*W`` tokens averaged over frames; pruning: the kept tokens,
+CLS then keyframe first).
 """
 
 from __future__ import annotations
 
 import re
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -26,6 +35,7 @@ import torch.nn as nn
 from kinetix.layers.patch_embed import PatchEmbed
 from kinetix.layers.pos_embed import resize_pos_embed, resize_time_embed
 from kinetix.layers.spacetime import SpaceTimeBlock
+from kinetix.layers.token_pruning import KTPSpaceTimeBlock, keyframe_first, resolve_prune_layers
 from kinetix.utils.state_dict import strip_prefix
 
 from ._pretrained import KINETICS_MEAN, KINETICS_STD, PretrainedCfg
@@ -52,10 +62,17 @@ class TimeSformer(nn.Module):
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.1,
         attention: str = "divided",
+        keep_rate: float = 1.0,
+        keyframe_weight: float = 4.0,
+        prune_layers: tuple[int, ...] | None = None,
     ):
         super().__init__()
         if attention not in ATTENTIONS:
             raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
+        prune = resolve_prune_layers(depth, keep_rate, prune_layers)
+        if prune and attention != "joint":
+            raise ValueError(f"token pruning (keep_rate < 1) needs attention='joint', got {attention!r}")
+        self.keep_rate, self._keyframe_first = keep_rate, bool(prune)
         self.attention, self.num_classes, self.embed_dim = attention, num_classes, embed_dim
         self.num_prefix_tokens = 1
         space_only = attention == "space"
@@ -69,8 +86,9 @@ class TimeSformer(nn.Module):
         self.pos_drop = nn.Dropout(drop_rate)
         dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear rule
         block_attention = "joint" if space_only else attention  # per-frame batches: joint == spatial
+        ktp = partial(KTPSpaceTimeBlock, keep_rate=keep_rate, keyframe_weight=keyframe_weight)
         self.blocks = nn.ModuleList(
-            SpaceTimeBlock(
+            (ktp if i in prune else SpaceTimeBlock)(
                 embed_dim,
                 num_heads,
                 block_attention,
@@ -121,6 +139,8 @@ class TimeSformer(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         B = x.shape[0]
         x, grid = self._embed(x)
+        if self._keyframe_first:  # joint attention and the CLS do not depend on the token order
+            x = keyframe_first(x, grid[0], 1, space_major=True)[0]
         for blk in self.blocks:
             x = blk(x, grid)
         return self.norm(self._pool(x, B))

@@ -11,11 +11,19 @@ Input ``(B, 3, T, H, W)`` -> logits ``(B, num_classes)``. For detection backbone
 ``forward_tokens(x)`` returns the tokens before the final norm ``(B, t*h*w, D)`` and the grid
 ``(t, h, w)``; ``pos_embed_for(grid)`` gives the positional table; ``blocks`` is a plain ModuleList of
 :class:`~kinetix.layers.spacetime.SpaceTimeBlock` (joint attention, ``block(x)``).
+
+``keep_rate < 1`` switches on EVAD's keyframe-centric token pruning (``kinetix/layers/token_pruning.py``):
+tokens are put keyframe slice (``t // 2``) first, and the blocks at ``prune_layers`` (default
+:func:`~kinetix.layers.token_pruning.default_prune_layers`: 4th, 7th, 10th of 12) keep the keyframe
+and the ``ceil(keep_rate·N) − h·w`` tokens that receive the most attention (keyframe queries weighted
+``keyframe_weight``); mean pooling then averages the kept tokens. ``forward_tokens`` returns the kept
+tokens ``(B, n, D)``, keyframe first. Same parameters (and checkpoints) at every keep rate.
 """
 
 from __future__ import annotations
 
 import re
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -23,6 +31,7 @@ import torch.nn as nn
 from kinetix.layers.patch_embed import TubeletEmbed
 from kinetix.layers.pos_embed import sinusoid_table_3d
 from kinetix.layers.spacetime import SpaceTimeBlock
+from kinetix.layers.token_pruning import KTPSpaceTimeBlock, keyframe_first, resolve_prune_layers
 from kinetix.utils.state_dict import strip_prefix
 
 from ._pretrained import KINETICS_MEAN, KINETICS_STD, PretrainedCfg
@@ -50,16 +59,24 @@ class VideoMAE(nn.Module):
         use_mean_pooling: bool = True,
         head_drop_rate: float = 0.0,
         head_init_scale: float = 0.001,
+        keep_rate: float = 1.0,
+        keyframe_weight: float = 4.0,
+        prune_layers: tuple[int, ...] | None = None,
     ):
         super().__init__()
+        prune = resolve_prune_layers(depth, keep_rate, prune_layers)
+        if prune and not use_mean_pooling:
+            raise ValueError("keep_rate < 1 needs use_mean_pooling=True (the first token may be pruned)")
+        self.keep_rate, self._keyframe_first = keep_rate, bool(prune)
         self.num_classes, self.embed_dim, self.num_prefix_tokens = num_classes, embed_dim, 0
         self.grid = (num_frames // tubelet_size, img_size // patch_size, img_size // patch_size)
         self.patch_embed = TubeletEmbed(patch_size, tubelet_size, in_chans, embed_dim, layout="time_major")
         self.register_buffer("pos_embed", sinusoid_table_3d(self.grid, None, embed_dim), persistent=False)
         self.pos_drop = nn.Dropout(drop_rate)
         dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+        ktp = partial(KTPSpaceTimeBlock, keep_rate=keep_rate, keyframe_weight=keyframe_weight)
         self.blocks = nn.ModuleList(
-            SpaceTimeBlock(
+            (ktp if i in prune else SpaceTimeBlock)(
                 embed_dim,
                 num_heads,
                 "joint",
@@ -93,9 +110,12 @@ class VideoMAE(nn.Module):
         return table.to(self.pos_embed.dtype)
 
     def forward_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
-        """``(B, 3, T, H, W)`` -> tokens before the final norm ``(B, t*h*w, D)`` and ``(t, h, w)``."""
+        """``(B, 3, T, H, W)`` -> tokens before the final norm ``(B, t*h*w, D)`` and ``(t, h, w)``
+        (with pruning: the kept tokens ``(B, n, D)``, keyframe slice first)."""
         x, grid = self.patch_embed(x)
         x = self.pos_drop(x + self.pos_embed_for(grid))
+        if self._keyframe_first:  # joint attention and mean pooling do not depend on the order
+            x = keyframe_first(x, grid[0])[0]
         for blk in self.blocks:
             x = blk(x, grid)
         return x, grid

@@ -16,7 +16,15 @@ Tokens: tubelets ``tubelet_size x patch_size x patch_size`` (2x16x16, t-major or
 (trilinear; FE: 2D bicubic + 1D linear) when the clip size differs from the one built for. GELU is the
 tanh approximation (Flax's default, HF ``gelu_fast``).
 
-Input ``(B, 3, T, H, W)`` -> logits ``(B, num_classes)``; ``forward_features`` -> normed tokens.
+``keep_rate < 1`` (Model 1 only) switches on EVAD's keyframe-centric token pruning
+(``kinetix/layers/token_pruning.py``): tokens are put CLS, keyframe slice (``t // 2``), rest; the blocks
+at ``prune_layers`` (default :func:`~kinetix.layers.token_pruning.default_prune_layers`: 4th, 7th,
+10th of 12) keep the CLS and keyframe tokens (the CLS counts as a keyframe token: always kept, its
+query row weighted ``keyframe_weight``) and the ``ceil(keep_rate·N) − 1 − h·w`` others that receive
+the most attention; the head reads the CLS token as without pruning. Same parameters at every rate.
+
+Input ``(B, 3, T, H, W)`` -> logits ``(B, num_classes)``; ``forward_features`` -> normed tokens
+(with pruning: the kept tokens, CLS then keyframe first).
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import torch.nn as nn
 from kinetix.layers.patch_embed import PatchEmbed, TubeletEmbed
 from kinetix.layers.pos_embed import resize_pos_embed, resize_pos_embed_3d, resize_time_embed
 from kinetix.layers.spacetime import SpaceTimeBlock
+from kinetix.layers.token_pruning import KTPSpaceTimeBlock, keyframe_first, resolve_prune_layers
 from kinetix.utils.state_dict import strip_prefix
 
 from ._pretrained import INCEPTION_MEAN, INCEPTION_STD, PretrainedCfg
@@ -63,10 +72,19 @@ class ViViT(nn.Module):
         num_time_heads: int | None = None,
         class_token: bool | None = None,
         act_layer: type[nn.Module] = GELUTanh,
+        keep_rate: float = 1.0,
+        keyframe_weight: float = 4.0,
+        prune_layers: tuple[int, ...] | None = None,
     ):
         super().__init__()
         if model not in _BLOCK_ATTENTION:
             raise ValueError(f"model must be 1, 2, 3 or 4 (the paper's ViViT models), got {model!r}")
+        prune = resolve_prune_layers(depth, keep_rate, prune_layers)
+        if prune and model != 1:
+            raise ValueError(
+                f"token pruning (keep_rate < 1) needs joint attention: ViViT model 1, got {model}"
+            )
+        self.keep_rate, self._keyframe_first = keep_rate, bool(prune)
         class_token = model in (1, 2) if class_token is None else class_token
         if class_token and model in (3, 4):
             raise ValueError("ViViT models 3 and 4 have no CLS token (the paper pools by averaging)")
@@ -86,12 +104,19 @@ class ViViT(nn.Module):
         self.pos_drop = nn.Dropout(drop_rate)
         total = depth + (temporal_depth if model == 2 else 0)
         dpr = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
-        block = partial(
-            SpaceTimeBlock, embed_dim, num_heads, _BLOCK_ATTENTION[model], mlp_ratio, qkv_bias,
-            drop=drop_rate, attn_drop=attn_drop_rate, act_layer=act_layer, layout="time_major",
-            num_prefix_tokens=P, order=order, num_time_heads=num_time_heads,
+        block_kw = dict(
+            mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop=drop_rate, attn_drop=attn_drop_rate,
+            act_layer=act_layer, layout="time_major", num_prefix_tokens=P,
         )  # fmt: skip
-        self.blocks = nn.ModuleList(block(drop_path=dpr[i]) for i in range(depth))
+        block = partial(
+            SpaceTimeBlock, embed_dim, num_heads, _BLOCK_ATTENTION[model], order=order,
+            num_time_heads=num_time_heads, **block_kw,
+        )  # fmt: skip
+        ktp = partial(
+            KTPSpaceTimeBlock, embed_dim, num_heads, "joint", keep_rate=keep_rate,
+            keyframe_weight=keyframe_weight, **block_kw,
+        )  # fmt: skip
+        self.blocks = nn.ModuleList((ktp if i in prune else block)(drop_path=dpr[i]) for i in range(depth))
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         if model == 2 and temporal_depth > 0:
             self.temporal_cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
@@ -124,6 +149,8 @@ class ViViT(nn.Module):
         pos = resize_pos_embed_3d(self.pos_embed, self.grid, grid, self.num_prefix_tokens)
         x = self._prefix(x + pos[:, self.num_prefix_tokens :], pos)
         x = self.pos_drop(x)
+        if self._keyframe_first:  # joint attention, CLS and mean pooling do not depend on the order
+            x = keyframe_first(x, grid[0], self.num_prefix_tokens)[0]
         for blk in self.blocks:
             x = blk(x, grid)
         return self.norm(x)
