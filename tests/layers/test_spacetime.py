@@ -179,3 +179,27 @@ def test_add_linear_matches_plain_expression_and_is_counted():
             return add_linear(x, h, lin)
 
     assert count_flops(M(), h).gmacs * 1e9 == pytest.approx(2 * 5 * 8 * 6)  # the fused GEMM is counted
+
+
+@pytest.mark.parametrize("attention", ["divided", "axial", "local_global"])
+def test_inference_mode_composes_fc_with_proj_and_tracks_weight_changes(attention):
+    """Under inference_mode ``*_fc ∘ proj`` runs as one cached GEMM: same output as the two-GEMM
+    no_grad path, and the cache follows in-place weight updates (optimiser steps, load_state_dict)."""
+    torch.manual_seed(0)
+    blk = SpaceTimeBlock(DIM, HEADS, attention).eval()
+    for name, p in blk.named_parameters():
+        if "_fc" in name:
+            torch.nn.init.normal_(p, std=0.2)  # non-zero, or the composition would be trivially exact
+    grid = (2, 4, 4)
+    x = torch.randn(2, 1 + 32, DIM)
+    for _ in range(2):
+        with torch.no_grad():
+            ref = blk(x, grid)
+        with torch.inference_mode():
+            got = blk(x, grid)
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+        with torch.no_grad():
+            for name, p in blk.named_parameters():
+                if "_fc" in name or "attn.proj" in name:
+                    p.mul_(1.5)  # in place: the cached composition must be recomputed
+    assert not torch.allclose(ref, blk.eval()(x, grid).detach())
