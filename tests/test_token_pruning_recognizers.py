@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from kinetix.layers.spacetime import SpaceTimeBlock
 from kinetix.layers.token_pruning import KTPSpaceTimeBlock, default_prune_layers, keyframe_first
 from kinetix.models import create_model
+from kinetix.models._complexity import model_complexity
 from kinetix.utils.flops import count_flops
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -228,6 +229,13 @@ def test_gmacs_follow_the_token_counts(kind):
         assert g_full == pytest.approx(_analytic_macs(full, grid, prefix, patch_in, 1.0, ()), rel=1e-9)
         assert g_half == pytest.approx(_analytic_macs(half, grid, prefix, patch_in, 0.5, (1, 2, 3)), rel=1e-9)
         assert g_half < g_full
+
+
+def test_meta_device_count_matches_cpu():
+    kw = dict(num_frames=8, depth=4, keep_rate=0.7)
+    meta = model_complexity("test_videomae", **kw).gmacs  # `kinetix flops` counts on the meta device
+    cpu = count_flops(create_model("test_videomae", **kw), _clip("videomae", b=1).float()).gmacs
+    assert meta == pytest.approx(cpu, rel=1e-12)
 
 
 # ---- training and bad arguments --------------------------------------------------------------

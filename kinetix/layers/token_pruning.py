@@ -84,12 +84,13 @@ def attention_with_importance(
     ``Σ_h Σ_i w_i · softmax_j(q_i·k_j·scale)[j] / (H·N)`` over columns ``j ≥ K``, with ``w_i = w_kf``
     for key queries ``i < K`` and 1 otherwise (the released code's mean over queries and heads).
 
-    On CPU both come from two fused flash-attention passes (:func:`_flash_importance`, ≈2.1× one
-    attention instead of ≈4× for materialised probabilities); elsewhere from
-    :func:`explicit_attention_importance`. Both are matmuls the FLOP counter sees."""
+    On CPU (and on the meta device, so that counted GMACs match) both come from two fused
+    flash-attention passes (:func:`_flash_importance`, ≈2.1× one attention instead of ≈4× for
+    materialised probabilities); elsewhere from :func:`explicit_attention_importance`. Both are
+    matmuls the FLOP counter sees."""
     B, N, C = x.shape
     q, k, v = attn.qkv_heads(x)  # 3 x (B, H, N, hd)
-    if q.is_cpu:
+    if q.device.type in _FLASH_DEVICES:
         p = attn.attn_drop if attn.training else 0.0
         out, lse = _FLASH_CPU(q, k, v, p, scale=attn.scale)  # (B, H, N, hd), (B, H, N)
         score = _flash_importance(q.detach(), k.detach(), lse.detach(), num_key, keyframe_weight, attn.scale)
@@ -99,6 +100,7 @@ def attention_with_importance(
 
 
 _FLASH_CPU = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu  # returns (out, logsumexp)
+_FLASH_DEVICES = ("cpu", "meta")  # meta: model_complexity counts what the CPU runs
 
 
 @torch.no_grad()
