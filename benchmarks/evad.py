@@ -9,8 +9,9 @@ CPU flash-attention op, which the counter maps to its QKᵀ and PV matmuls), the
 Paper (ICCV 2023, AVA short side 288): 425 → 243 GFLOPs at keep 0.7 (0.57×), +40 % real-time speed.
 Target here at 288×512, keep 0.7: GMACs ≤ 0.60× and latency ≤ 0.65× of keep 1.0.
 
-    python benchmarks/evad.py            # three sizes, 5 timed runs each
-    python benchmarks/evad.py --quick    # 288×512 only, 2 timed runs each
+    python benchmarks/evad.py            # three sizes, 5 interleaved timed rounds
+    python benchmarks/evad.py --quick    # 288×512 only, 2 rounds
+    python benchmarks/evad.py --threads 1  # on a shared machine: the CPU-time column is the steady one
 """
 
 from __future__ import annotations
@@ -28,16 +29,19 @@ from kinetix.utils.flops import count_flops
 SETTINGS = [("keep 1.0", 1.0, 1.0), ("keep 0.7", 0.7, 1.0), ("keep 0.6 w_kf 4", 0.6, 4.0)]
 
 
-@torch.no_grad()
-def latency(model, x, runs: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        model(x)
-    times = []
+@torch.inference_mode()
+def latencies(models: dict, x: torch.Tensor, runs: int) -> dict[str, tuple[float, float]]:
+    """Interleaved rounds (one call of each model per round, so load drifts on a shared machine hit
+    all alike) after one warm-up call each: ``{name: (median wall s, median CPU s of this process)}``."""
+    for m in models.values():
+        m(x)
+    times = {k: [] for k in models}
     for _ in range(runs):
-        t0 = time.perf_counter()
-        model(x)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for k, m in models.items():
+            t, c = time.perf_counter(), time.process_time()
+            m(x)
+            times[k].append((time.perf_counter() - t, time.process_time() - c))
+    return {k: tuple(statistics.median(v[i] for v in ts) for i in (0, 1)) for k, ts in times.items()}
 
 
 def main(argv=None) -> None:
@@ -60,16 +64,13 @@ def main(argv=None) -> None:
     print(f"evad_vit_base, 16x4 clip, batch 1, CPU threads {torch.get_num_threads()}, median of {runs} runs")
     for h, w in sizes:
         x = torch.randn(1, 3, 16, h, w)
-        rows = []
-        for name, m in models.items():
-            g = count_flops(m, x).gmacs
-            t = latency(m, x, runs)
-            rows.append((name, g, t))
-        g0, t0 = rows[0][1], rows[0][2]
+        lat = latencies(models, x, runs)
+        rows = [(name, count_flops(m, x).gmacs, *lat[name]) for name, m in models.items()]
+        g0, t0, c0 = rows[0][1:]
         print(f"\n{h}x{w}:")
-        print(f"  {'setting':<17}{'GMACs':>9}{'ratio':>8}{'latency s':>11}{'ratio':>8}")
-        for name, g, t in rows:
-            print(f"  {name:<17}{g:>9.1f}{g / g0:>8.2f}{t:>11.3f}{t / t0:>8.2f}")
+        print(f"  {'setting':<17}{'GMACs':>9}{'ratio':>8}{'wall s':>9}{'ratio':>8}{'CPU s':>9}{'ratio':>8}")
+        for name, g, t, c in rows:
+            print(f"  {name:<17}{g:>9.1f}{g / g0:>8.2f}{t:>9.3f}{t / t0:>8.2f}{c:>9.3f}{c / c0:>8.2f}")
         if (h, w) == (288, 512):
             g7, t7 = rows[1][1] / g0, rows[1][2] / t0
             ok = g7 <= 0.60 and t7 <= 0.65
