@@ -128,15 +128,25 @@ def _autocast_on(t: torch.Tensor) -> bool:
     return kind in ("cpu", "cuda", "xpu", "mps") and torch.is_autocast_enabled(kind)
 
 
-def add_linear(x: torch.Tensor, h: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
+def add_linear(
+    x: torch.Tensor, h: torch.Tensor, linear: nn.Linear, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """``x + linear(h)`` with the residual folded into the GEMM (``addmm`` accumulates into
-    ``x + bias``): one pass over the output fewer. Shapes ``(..., C)``. Only without autograd and
-    autocast (``out=`` ops are neither differentiable nor autocast); otherwise the plain expression."""
+    ``x + bias``): one pass over the output fewer. Shapes ``(..., C)``; ``out`` (optional) receives the
+    result and may be a strided view, e.g. the patch part of a ``(B, P + N, C)`` buffer. Only without
+    autograd and autocast (``out=`` ops are neither differentiable nor autocast); otherwise the plain
+    expression."""
     if torch.is_grad_enabled() or _autocast_on(h) or h.dtype != linear.weight.dtype:
-        return x + linear(h)
-    out = x + linear.bias if linear.bias is not None else x.clone()  # new contiguous (..., C)
-    flat = out.view(-1, out.shape[-1])
-    torch.addmm(flat, h.reshape(-1, h.shape[-1]), linear.weight.t(), out=flat)
+        res = x + linear(h)
+        return res if out is None else out.copy_(res)
+    out = torch.empty_like(x, memory_format=torch.contiguous_format) if out is None else out
+    torch.add(x, linear.bias, out=out) if linear.bias is not None else out.copy_(x)
+    if out.is_contiguous():
+        flat = out.view(-1, out.shape[-1])
+        torch.addmm(flat, h.reshape(-1, h.shape[-1]), linear.weight.t(), out=flat)
+    else:  # a batch of contiguous (N, C) matrices: one strided batched GEMM writes them in place
+        o3, B = out.flatten(1, -2), out.shape[0]  # (B, N, C) view
+        torch.baddbmm(o3, h.reshape(B, -1, h.shape[-1]), linear.weight.t().expand(B, -1, -1), out=o3)
     return out
 
 
@@ -260,18 +270,20 @@ class SpaceTimeBlock(nn.Module):
     def _scale(res: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
         return res if keep is None else res * keep.view(-1, *([1] * (res.ndim - 1)))
 
-    def _add_branch(self, x, h, attn, lin, keep):
-        """``x + lin(proj(h))`` (``lin`` optional) with stochastic depth; ``h``: attention output
-        before ``attn.proj``. At inference the residual add is folded into the last GEMM, and under
-        ``torch.inference_mode`` ``lin ∘ proj`` runs as one cached GEMM (:meth:`_composed`)."""
+    def _add_branch(self, x, h, attn, lin, keep, out=None):
+        """``x + lin(proj(h))`` (``lin`` optional) with stochastic depth, written to ``out`` if given;
+        ``h``: attention output before ``attn.proj``. At inference the residual add is folded into the
+        last GEMM, and under ``torch.inference_mode`` ``lin ∘ proj`` runs as one cached GEMM
+        (:meth:`_composed`)."""
         if keep is None and not self.training:
             if lin is None:
-                return add_linear(x, h, attn.proj)
+                return add_linear(x, h, attn.proj, out)
             if torch.is_inference_mode_enabled():
-                return add_linear(x, h, self._composed(attn.proj, lin))
-            return add_linear(x, attn.proj(h), lin)
+                return add_linear(x, h, self._composed(attn.proj, lin), out)
+            return add_linear(x, attn.proj(h), lin, out)
         res = self._scale(attn.proj_drop(attn.proj(h)), keep)
-        return x + (lin(res) if lin is not None else res)
+        res = x + (lin(res) if lin is not None else res)
+        return res if out is None else out.copy_(res)
 
     def _composed(self, first: nn.Linear, second: nn.Linear) -> _Affine:
         """``second(first(h))`` as one affine map ``(W2 W1, W2 b1 + b2)``: the divided/axial/L+G
@@ -300,10 +312,15 @@ class SpaceTimeBlock(nn.Module):
             attn, attn.qkv_packed(norm(xp)), dims, pqkv
         )  # (B, d1, d2, d3, h, hd), (B, P, h, hd)
         keep = self._keep(x)
-        xp = self._add_branch(xp, o.flatten(-2), attn, lin, keep)  # (B, d1, d2, d3, C)
+        y = torch.empty_like(x)  # both parts are written in place: no cat of prefix and patches
+        y_p = patch_view(y, grid, self.layout, cls.shape[1])[1]
+        self._add_branch(xp, o.flatten(-2), attn, lin, keep, out=y_p)
+        y_cls = y[:, : cls.shape[1]]  # (B, P, C), viewed after the first write (autograd: y is no leaf now)
         if po is not None:
-            cls = self._add_branch(cls, po.flatten(-2), attn, lin, keep)  # (B, P, C)
-        return torch.cat([cls, xp.flatten(1, 3)], 1)
+            self._add_branch(cls, po.flatten(-2), attn, lin, keep, out=y_cls)  # (B, P, C)
+        else:
+            y_cls.copy_(cls)
+        return y
 
     def _run_factorised_dot(self, tdims, sdims, x, grid):
         _, xp = patch_view(x, grid, self.layout, 0)

@@ -69,6 +69,12 @@ def test_block_equals_masked_joint_reference(attention, layout):
     torch.testing.assert_close(b(x, grid), ref, atol=2e-5, rtol=1e-4)
     with torch.no_grad():  # inference path: residual adds folded into the GEMMs
         torch.testing.assert_close(b(x, grid), ref, atol=2e-5, rtol=1e-4)
+    with torch.inference_mode():  # + *_fc composed with proj
+        torch.testing.assert_close(b(x, grid), ref, atol=2e-5, rtol=1e-4)
+    xg = x.clone().requires_grad_()  # gradients through the in-place written outputs
+    (g_ref,) = torch.autograd.grad(_reference(b, xg, grid).square().sum(), xg)
+    (g,) = torch.autograd.grad(b(xg, grid).square().sum(), xg)
+    torch.testing.assert_close(g, g_ref, atol=1e-4, rtol=1e-4)
 
 
 def test_divided_with_one_frame_equals_space_only_block():
@@ -170,6 +176,10 @@ def test_add_linear_matches_plain_expression_and_is_counted():
     x, h = torch.randn(2, 5, 6), torch.randn(2, 5, 8)
     with torch.no_grad():
         torch.testing.assert_close(add_linear(x, h, lin), x + lin(h))
+        buf = torch.zeros(2, 1 + 5, 6)  # out= a strided view (the patch part of a prefix + patch buffer)
+        assert add_linear(x, h, lin, out=buf[:, 1:]).data_ptr() == buf[:, 1:].data_ptr()
+        torch.testing.assert_close(buf[:, 1:], x + lin(h))
+        assert buf[:, 0].abs().sum() == 0
     assert add_linear(x, h, lin).requires_grad  # autograd path
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # autocast path
         assert add_linear(x, h.bfloat16(), lin).dtype == torch.float32
