@@ -107,7 +107,10 @@ def _slide(frames: tuple[torch.Tensor, ...], d: int, fill: torch.Tensor | None =
     """In place, frame ``t`` of one fold takes frame ``t + d`` (``d = ±1``), in the order that reads
     every source before it is overwritten; the frame with no source gets ``fill`` (zeros if
     ``None``, and then a copy of the frame pushed out is returned). ``frames``: ``T`` views
-    ``(B, fold, H, W)``."""
+    ``(B, fold, H, W)``.
+
+    A loop of ``T - 1`` whole-fold copies (not per pixel): one overlapping copy is refused by torch
+    (partial overlap), and staging through a buffer would bring back the traffic this avoids."""
     order = range(len(frames) - 1) if d > 0 else range(len(frames) - 1, 0, -1)
     pushed = frames[0 if d > 0 else -1].clone() if fill is None else None
     for t in order:
