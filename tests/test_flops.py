@@ -43,3 +43,23 @@ def test_meta_device_count_matches_real():
     with torch.device("meta"):
         mm = nn.Sequential(nn.Conv3d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 2 * 6 * 6, 5))
     assert count_flops(mm, torch.zeros(1, 3, 4, 8, 8, device="meta")).gmacs == real
+
+
+def test_cli_flops_passes_model_arguments(capsys):
+    """``kinetix flops --set``: constructor arguments change the count; bad ones are clear errors."""
+    import json
+
+    from kinetix.cli.main import main
+
+    def gmacs(*extra):
+        assert main(["flops", "test_videomae", "--json", *extra]) == 0
+        return json.loads(capsys.readouterr().out)["gmacs"]
+
+    full, pruned = gmacs(), gmacs("--set", "keep_rate=0.5")
+    assert 0 < pruned < 0.8 * full
+    assert main(["flops", "test_videomae", "--set", "keep_rate"]) == 2
+    assert "KEY=VALUE" in capsys.readouterr().err
+    assert main(["flops", "test_videomae", "--set", "keep_rate=1.5"]) == 2
+    assert "keep_rate" in capsys.readouterr().err
+    assert main(["flops", "test_videomae", "--set", "no_such_arg=1"]) == 2
+    assert "no_such_arg" in capsys.readouterr().err

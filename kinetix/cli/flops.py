@@ -16,8 +16,32 @@ def register(sub) -> None:
     p.add_argument("--frames", type=int, default=None, help="frames per clip (default: the model's)")
     p.add_argument("--size", type=int, default=None, help="input height=width (default: the model's)")
     p.add_argument("--num-classes", type=int, default=None, help="classifier size (default: the model's)")
+    p.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="model constructor arguments (YAML values), e.g. --set keep_rate=0.7 attention=joint",
+    )
     p.add_argument("--json", action="store_true", help='print {"gmacs": ..., "params": ...}')
     p.set_defaults(func=run)
+
+
+def _model_kwargs(items: list[str]) -> dict:
+    import yaml
+
+    from kinetix.errors import ConfigError
+
+    kwargs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise ConfigError(f"--set expects KEY=VALUE with a Python identifier as KEY, got {item!r}")
+        try:
+            kwargs[key] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {key}: cannot read {value!r} as a YAML value ({e})") from None
+    return kwargs
 
 
 def run(args) -> int:
@@ -27,8 +51,15 @@ def run(args) -> int:
     for flag, v in (("--frames", args.frames), ("--size", args.size), ("--num-classes", args.num_classes)):
         if v is not None and v <= 0:
             raise ConfigError(f"{flag} must be a positive integer, got {v}")
-    kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
-    res = model_complexity(args.model, num_frames=args.frames, input_size=args.size, **kwargs)
+    kwargs = _model_kwargs(args.set)
+    if args.num_classes is not None:
+        kwargs["num_classes"] = args.num_classes
+    try:
+        res = model_complexity(args.model, num_frames=args.frames, input_size=args.size, **kwargs)
+    except (TypeError, ValueError) as e:  # a constructor rejecting an argument or a value
+        if not kwargs:
+            raise
+        raise ConfigError(f"{args.model} does not accept {kwargs}: {e}") from None
     if args.json:
         print(json.dumps(res.to_dict()))
     else:
