@@ -223,3 +223,26 @@ def test_fpn_strides_follow_the_patch_size(patch):
     assert [p.shape[-2:] for p in m.fpn(maps)[:4]] == [(64 // s, 96 // s) for s in (4, 8, 16, 32)]
     with torch.no_grad():
         assert len(m(x)) == 2
+
+
+@pytest.mark.parametrize("num_frames", [4, 8, 16])
+def test_keyframe_slice_holds_the_annotated_frame(num_frames):
+    """The AVA clip sampler puts the annotated frame at clip position T // 2; the detector must read
+    its boxes off the tubelet slice built from that frame (the first S tokens after reordering)."""
+    import numpy as np
+
+    from kinetix.data.sampling import keyframe_indices
+    from kinetix.layers.token_pruning import keyframe_first
+
+    pos = int(np.flatnonzero(keyframe_indices(50, num_frames, 3, 200) == 50)[0])
+    m = create_model("test_evad", num_frames=num_frames).eval()
+    x = torch.zeros(1, 3, num_frames, 32, 32)
+    marked = x.clone()
+    marked[:, :, pos] = 1.0  # only the annotated frame changes
+    with torch.no_grad():
+        (a, grid), (b, _) = m.patch_embed(x), m.patch_embed(marked)
+        a, _ = keyframe_first(a, grid[0])
+        b, _ = keyframe_first(b, grid[0])
+    S = grid[1] * grid[2]
+    changed = (a - b).abs().amax(-1)[0] > 0  # (t·S,) tokens that saw the annotated frame
+    assert changed[:S].all() and not changed[S:].any()
