@@ -21,6 +21,8 @@ def register(sub) -> None:
     p.add_argument("--csv", type=Path, default=None, help="AVA-format predictions to write")
     p.add_argument("--every", type=float, default=1.0, help="seconds between keyframes (default 1)")
     p.add_argument("--threshold", type=float, default=0.3, help="action score to draw / write (default 0.3)")
+    p.add_argument("--tokens", type=Path, default=None,
+                   help="PNG of the tokens kept vs dropped by keyframe token pruning, for the middle keyframe")  # fmt: skip
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
     p.set_defaults(func=run)
 
@@ -30,17 +32,17 @@ def run(args) -> int:
 
     from kinetix.data.io import open_video, write_video
     from kinetix.detection.ava import write_csv
-    from kinetix.detection.visualize import draw_detections
-    from kinetix.engine.detection import detect_video, load_detector
+    from kinetix.detection.visualize import draw_detections, kept_token_mask, plot_kept_tokens
+    from kinetix.engine.detection import detect_video, keyframe_clip, load_detector
     from kinetix.errors import ConfigError, VideoDecodeError
 
-    if args.out is None and args.csv is None:
-        raise ConfigError("nothing to do: give --out overlay.mp4 and/or --csv preds.csv")
+    if args.out is None and args.csv is None and args.tokens is None:
+        raise ConfigError("nothing to do: give --out overlay.mp4, --csv preds.csv and/or --tokens tokens.png")
     if not args.video.exists():
         raise VideoDecodeError(args.video, "no such file or folder", "check the path")
     if args.every <= 0 or not 0 <= args.threshold <= 1:
         raise ConfigError("--every must be > 0 and --threshold in [0, 1]")
-    for f in (args.out, args.csv):
+    for f in (args.out, args.csv, args.tokens):
         if f is not None and f.exists() and not args.force:
             raise ConfigError(f"{f} exists; pass --force to overwrite it")
     model, names, settings = load_detector(args.checkpoint)
@@ -69,7 +71,13 @@ def run(args) -> int:
         nearest = np.abs(np.arange(len(frames))[:, None] - np.asarray(keys)[None]).argmin(1)
         drawn = np.stack([draw_detections(f, *kept[j]) for f, j in zip(frames, nearest)])
         write_video(args.out, drawn, fps=fps)
+    if args.tokens is not None:
+        with open_video(args.video) as reader:
+            clip, frames = keyframe_clip(reader, int(keys[len(keys) // 2]), settings)
+        plot_kept_tokens(frames.numpy(), kept_token_mask(model, clip[None]), args.tokens,
+                         f"{args.video.name}, frame {keys[len(keys) // 2]}: kept tokens (keyframe in red)")  # fmt: skip
     n = sum(len(b) for b, _ in kept)
     print(f"{args.video}: {len(keys)} keyframes, {n} actor boxes above {args.threshold}"
-          + (f"; overlay -> {args.out}" if args.out else "") + (f"; predictions -> {args.csv}" if args.csv else ""))  # fmt: skip
+          + (f"; overlay -> {args.out}" if args.out else "") + (f"; predictions -> {args.csv}" if args.csv else "")
+          + (f"; kept tokens -> {args.tokens}" if args.tokens else ""))  # fmt: skip
     return 0

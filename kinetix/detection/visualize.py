@@ -29,8 +29,9 @@ def kept_token_mask(model, clip: torch.Tensor) -> torch.Tensor:
 
 
 def plot_kept_tokens(frames: np.ndarray, mask: torch.Tensor, out: str | Path, title: str = "") -> Path:
-    """``frames (T, H, W, 3)`` uint8 of the clip, ``mask (t, h, w)`` from :func:`kept_token_mask` →
-    PNG with one panel per slice (dropped patches dimmed, keyframe framed in red)."""
+    """``frames (T, H, W, 3)`` uint8 of the clip (any size: the token grid is scaled to it),
+    ``mask (t, h, w)`` from :func:`kept_token_mask` → PNG with one panel per slice (dropped patches
+    dimmed, keyframe framed in red)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -39,13 +40,13 @@ def plot_kept_tokens(frames: np.ndarray, mask: torch.Tensor, out: str | Path, ti
     t, h, w = mask.shape
     T, H, W = frames.shape[:3]
     step = T // t
+    # token grid -> frame pixels (nearest): the frames may be the model input or the original video
+    shade = torch.nn.functional.interpolate(mask[:, None].float(), size=(H, W), mode="nearest")[:, 0]
+    shade = np.where(shade.numpy() > 0, 1.0, 0.25).astype(np.float32)  # (t, H, W)
     fig, axes = plt.subplots(1, t, figsize=(2.2 * t, 2.2 * H / W + 0.5), squeeze=False)
     for i, ax in enumerate(axes[0]):
         img = frames[i * step].astype(np.float32)
-        m = mask[i].numpy().repeat(H // h, 0).repeat(W // w, 1)  # (h·p, w·p) patch mask
-        shade = np.full((H, W), 0.25, np.float32)
-        shade[: m.shape[0], : m.shape[1]] = np.where(m, 1.0, 0.25)
-        ax.imshow((img * shade[..., None]).astype(np.uint8))
+        ax.imshow((img * shade[i, ..., None]).astype(np.uint8))
         kept = int(mask[i].sum())
         ax.set_title(f"t={i} kept {kept}/{h * w}", fontsize=8)
         ax.set_xticks([])

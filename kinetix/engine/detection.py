@@ -329,6 +329,20 @@ def _checkpoint_class_names(checkpoint) -> list[str]:
 
 
 @torch.no_grad()
+def keyframe_clip(reader, key: int, settings) -> tuple[torch.Tensor, torch.Tensor]:
+    """The detector's input ``(3, T, h, w)`` for the clip centred on frame ``key`` of an open
+    ``reader``, and the clip's decoded frames ``(T, H, W, 3)`` uint8."""
+    from kinetix.data.sampling import keyframe_indices
+    from kinetix.data.transforms import detection_transform
+
+    transform = detection_transform(settings.input_size, settings.mean, settings.std, settings.channel_order,
+                                    settings.value_range, train=False)  # fmt: skip
+    frames = reader.get_frames(
+        keyframe_indices(key, settings.num_frames, settings.frame_interval, reader.num_frames)
+    )
+    return transform(frames, {"boxes": torch.zeros(0, 4)})[0], frames
+
+
 def detect_video(model, video, settings, every: float = 1.0, batch_size: int = 2):
     """Run a detector at keyframes every ``every`` seconds of ``video``.
 
@@ -338,24 +352,14 @@ def detect_video(model, video, settings, every: float = 1.0, batch_size: int = 2
     import numpy as np
 
     from kinetix.data.io import open_video
-    from kinetix.data.sampling import keyframe_indices
-    from kinetix.data.transforms import detection_transform
 
-    transform = detection_transform(settings.input_size, settings.mean, settings.std, settings.channel_order,
-                                    settings.value_range, train=False)  # fmt: skip
     with open_video(video) as reader:
         n, fps = reader.num_frames, reader.fps
         H, W = reader.height, reader.width
         keys = np.unique(np.round(np.arange(0.0, n / fps, every) * fps).astype(int).clip(0, n - 1))
         outs = []
         for s in range(0, len(keys), batch_size):
-            clips = []
-            for k in keys[s : s + batch_size]:
-                frames = reader.get_frames(
-                    keyframe_indices(int(k), settings.num_frames, settings.frame_interval, n)
-                )
-                clip, _ = transform(frames, {"boxes": torch.zeros(0, 4)})
-                clips.append(clip)
+            clips = [keyframe_clip(reader, int(k), settings)[0] for k in keys[s : s + batch_size]]
             for o in model(torch.stack(clips)):
                 h, w = clips[0].shape[-2:]
                 o.boxes = o.boxes * torch.tensor([W / w, H / h, W / w, H / h])

@@ -52,9 +52,10 @@ def test_train_evaluate_detect(synth, tmp_path, capsys):
     assert f"frame-mAP@0.5: {metrics['mAP']:.2f}" in capsys.readouterr().out
     video = next((synth / "videos").glob("*.mp4"))
     out, csv = tmp_path / "overlay.mp4", tmp_path / "preds.csv"
+    png = tmp_path / "tokens.png"
     rc = main(["detect", str(video), "--checkpoint", str(res["checkpoint"]), "--out", str(out), "--csv", str(csv),
-               "--threshold", "0.0"])  # fmt: skip
-    assert rc == 0 and out.stat().st_size > 0
+               "--threshold", "0.0", "--tokens", str(png)])  # fmt: skip
+    assert rc == 0 and out.stat().st_size > 0 and png.read_bytes()[:4] == b"\x89PNG"
     rows = ava.read_csv(csv, with_scores=True)
     assert rows and all(k[0] == video.stem for k in rows)
     from kinetix.data.io import open_video

@@ -22,6 +22,8 @@ def test_kept_token_mask_and_png(tmp_path):
     frames = np.random.default_rng(0).integers(0, 255, (8, 64, 96, 3), dtype=np.uint8)
     png = plot_kept_tokens(frames, mask, tmp_path / "kept.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
+    big = np.repeat(np.repeat(frames, 3, 1), 3, 2)  # the original video's size, not the model input's
+    assert plot_kept_tokens(big, mask, tmp_path / "big.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_draw_detections_marks_the_box_edges():
