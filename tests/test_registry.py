@@ -72,6 +72,10 @@ def test_checkpoint_roundtrip_and_head_resize(tiny_entry, tmp_path):
     assert meta["kinetix_model"] == tiny_entry and '"num_classes": 7' in meta["pretrained_cfg"]
     again = create_model(tiny_entry, checkpoint=str(out))
     torch.testing.assert_close(again(x), src(x))
+    folder = tmp_path / "ckpt"  # a kinetix checkpoint folder loads through its model.safetensors
+    folder.mkdir()
+    out.rename(folder / "model.safetensors")
+    torch.testing.assert_close(create_model(tiny_entry, checkpoint=str(folder))(x), src(x))
 
 
 def test_bad_checkpoints_give_clear_errors(tiny_entry, tmp_path):
@@ -83,6 +87,9 @@ def test_bad_checkpoints_give_clear_errors(tiny_entry, tmp_path):
         read_state_dict(tmp_path / "junk.pth")
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         read_state_dict(tmp_path / "missing.pth")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(CheckpointError, match=r"without model\.safetensors"):
+        read_state_dict(tmp_path / "folder")
     # A pickle that would execute code is refused, not run.
     torch.save({"state_dict": {"w": torch.zeros(1)}, "evil": _Tiny()}, tmp_path / "pickled.pth")
     with pytest.raises(CheckpointError, match="never unpickles code"):

@@ -35,11 +35,18 @@ def _safe_globals() -> list:
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a weights file into a flat ``{name: tensor}`` dict (wrappers such as
-    ``{'state_dict': ...}`` or ``{'model_state': ...}`` are unwrapped, ``.npz`` keys kept as is)."""
+    """Read a weights file (or a kinetix checkpoint folder's ``model.safetensors``) into a flat
+    ``{name: tensor}`` dict (wrappers such as ``{'state_dict': ...}`` or ``{'model_state': ...}`` are
+    unwrapped, ``.npz`` keys kept as is)."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint file. Check the path.")
+    if path.is_dir():  # a kinetix checkpoint folder (runs/NAME/checkpoints/best) holds model.safetensors
+        if not (path / "model.safetensors").is_file():
+            raise CheckpointError(
+                f"{path}: a folder without model.safetensors; give a weights file or a kinetix checkpoint folder."
+            )
+        path = path / "model.safetensors"
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: checkpoint file is empty (0 bytes); re-download or re-save it.")
     suffix = path.suffix.lower()
