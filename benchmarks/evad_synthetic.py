@@ -7,6 +7,7 @@ Runs on one CPU thread (``--threads``) so that the figures do not depend on the 
 
     python benchmarks/evad_synthetic.py                       # the config's videos and epochs
     python benchmarks/evad_synthetic.py --epochs 2 --num-videos 60
+    python benchmarks/evad_synthetic.py --finetune 2    # + both keep rates fine-tuned 2 epochs from keep 1.0
 """
 
 from __future__ import annotations
@@ -34,6 +35,14 @@ def main(argv=None) -> None:
     ap.add_argument("--keep", type=float, nargs="+", default=[1.0, 0.7])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--set", nargs="*", default=[], help="extra config overrides key=value")
+    ap.add_argument(
+        "--finetune",
+        type=int,
+        default=0,
+        metavar="EPOCHS",
+        help="then fine-tune every keep rate from the keep-1.0 model for EPOCHS epochs and compare again",
+    )
+    ap.add_argument("--finetune-lr", type=float, default=3e-4)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     data = args.data or Path(f"data/synth_det{args.num_videos}")
@@ -41,24 +50,35 @@ def main(argv=None) -> None:
         from kinetix.data.synthetic import generate
 
         generate("detection", data, num_videos=args.num_videos)
-    results = {}
-    for keep in args.keep:
-        overrides = [f"data.root={data}", f"train.output_dir={args.out}", f"train.name=keep{keep}",
-                     f"model.kwargs.keep_rate={keep}", "train.progress_bar=false", *args.set]  # fmt: skip
-        if args.epochs:
-            overrides += [f"train.epochs={args.epochs}", f"train.val_every_n_epochs={args.epochs}"]
+
+    def train_eval(name: str, keep: float, extra: list[str]) -> dict:
+        overrides = [f"data.root={data}", f"train.output_dir={args.out}", f"train.name={name}",
+                     f"model.kwargs.keep_rate={keep}", "train.progress_bar=false", *args.set, *extra]  # fmt: skip
         cfg = load_config(CONFIG, overrides)
         t0 = time.time()
         fit = run.fit(cfg)
         train_s = time.time() - t0
-        res = run.test(cfg, fit["checkpoint"], args.out / f"eval-keep{keep}")
-        results[keep] = {"mAP": res["mAP"], "per_class": res["per_class"], "train_s": round(train_s)}
-        print(f"keep {keep}: frame-mAP@0.5 {res['mAP']:.1f}  (train {train_s / 60:.1f} min)", flush=True)
-    print(json.dumps(results, indent=2, default=str))
-    if 1.0 in results and 0.7 in results:
-        d = results[0.7]["mAP"] - results[1.0]["mAP"]
-        print(f"frame-mAP@0.5: keep 1.0 {results[1.0]['mAP']:.1f}, keep 0.7 {results[0.7]['mAP']:.1f}; "
-              f"keep 0.7 - keep 1.0: {d:+.1f} mAP (target: >= -1.0)")  # fmt: skip
+        res = run.test(cfg, fit["checkpoint"], args.out / f"eval-{name}")
+        print(f"{name}: frame-mAP@0.5 {res['mAP']:.1f}  (train {train_s / 60:.1f} min)", flush=True)
+        return {"mAP": res["mAP"], "per_class": res["per_class"], "train_s": round(train_s),
+                "checkpoint": fit["checkpoint"]}  # fmt: skip
+
+    def compare(results: dict, title: str) -> None:
+        print(json.dumps(results, indent=2, default=str))
+        if 1.0 in results and 0.7 in results:
+            d = results[0.7]["mAP"] - results[1.0]["mAP"]
+            print(f"{title}: keep 1.0 {results[1.0]['mAP']:.1f}, keep 0.7 {results[0.7]['mAP']:.1f} frame-mAP@0.5; "
+                  f"keep 0.7 - keep 1.0: {d:+.1f} mAP (target: >= -1.0)")  # fmt: skip
+
+    epochs = [f"train.epochs={args.epochs}", f"train.val_every_n_epochs={args.epochs}"] if args.epochs else []
+    results = {keep: train_eval(f"keep{keep}", keep, epochs) for keep in args.keep}
+    compare(results, "from scratch")
+    if args.finetune and 1.0 in results:  # same extra budget for every keep rate, from the keep-1.0 model
+        ft = [f"model.checkpoint={results[1.0]['checkpoint']}", f"train.epochs={args.finetune}",
+              f"train.val_every_n_epochs={args.finetune}", "schedule.warmup_epochs=0", f"optim.lr={args.finetune_lr}"]  # fmt: skip
+        compare(
+            {keep: train_eval(f"ft-keep{keep}", keep, ft) for keep in args.keep}, "fine-tuned from keep 1.0"
+        )
 
 
 if __name__ == "__main__":
