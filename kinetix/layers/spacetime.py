@@ -312,7 +312,7 @@ class SpaceTimeBlock(nn.Module):
             attn, attn.qkv_packed(norm(xp)), dims, pqkv
         )  # (B, d1, d2, d3, h, hd), (B, P, h, hd)
         keep = self._keep(x)
-        y = torch.empty_like(x)  # both parts are written in place: no cat of prefix and patches
+        y = torch.empty_like(x, memory_format=torch.contiguous_format)  # written in two parts: no cat
         y_p = patch_view(y, grid, self.layout, cls.shape[1])[1]
         self._add_branch(xp, o.flatten(-2), attn, lin, keep, out=y_p)
         y_cls = y[:, : cls.shape[1]]  # (B, P, C), viewed after the first write (autograd: y is no leaf now)
