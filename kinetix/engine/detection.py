@@ -328,7 +328,6 @@ def _checkpoint_class_names(checkpoint) -> list[str]:
     return list(names)
 
 
-@torch.no_grad()
 def keyframe_clip(reader, key: int, settings) -> tuple[torch.Tensor, torch.Tensor]:
     """The detector's input ``(3, T, h, w)`` for the clip centred on frame ``key`` of an open
     ``reader``, and the clip's decoded frames ``(T, H, W, 3)`` uint8."""
@@ -343,6 +342,7 @@ def keyframe_clip(reader, key: int, settings) -> tuple[torch.Tensor, torch.Tenso
     return transform(frames, {"boxes": torch.zeros(0, 4)})[0], frames
 
 
+@torch.no_grad()
 def detect_video(model, video, settings, every: float = 1.0, batch_size: int = 2):
     """Run a detector at keyframes every ``every`` seconds of ``video``.
 
