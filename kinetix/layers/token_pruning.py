@@ -42,10 +42,15 @@ def default_prune_layers(depth: int) -> tuple[int, ...]:
     return tuple(sorted({depth * k // 4 for k in (1, 2, 3)}))
 
 
-def resolve_prune_layers(depth: int, keep_rate: float, prune_layers) -> frozenset[int]:
-    """Validated pruning positions; empty at ``keep_rate == 1`` (the unpruned model)."""
+def check_keep_rate(keep_rate: float) -> float:
     if not 0 < keep_rate <= 1:
         raise ValueError(f"keep_rate must be in (0, 1], got {keep_rate}")
+    return keep_rate
+
+
+def resolve_prune_layers(depth: int, keep_rate: float, prune_layers) -> frozenset[int]:
+    """Validated pruning positions; empty at ``keep_rate == 1`` (the unpruned model)."""
+    check_keep_rate(keep_rate)
     if keep_rate == 1:
         return frozenset()
     layers = default_prune_layers(depth) if prune_layers is None else tuple(prune_layers)
@@ -182,18 +187,18 @@ class KTPBlock(Block):
         **kw,
     ):
         super().__init__(dim, num_heads, **kw)
-        if not 0 < keep_rate <= 1:
-            raise ValueError(f"keep_rate must be in (0, 1], got {keep_rate}")
-        self.keep_rate, self.keyframe_weight, self.sort_kept = keep_rate, keyframe_weight, sort_kept
-
-    def num_kept(self, num_tokens: int, num_key: int) -> int:
-        """Non-key tokens kept out of ``num_tokens`` (key tokens included): ceil(rate·N) − K."""
-        return num_kept(self.keep_rate, num_tokens, num_key)
+        self.keep_rate, self.keyframe_weight, self.sort_kept = (
+            check_keep_rate(keep_rate),
+            keyframe_weight,
+            sort_kept,
+        )
 
     def forward(self, x: torch.Tensor, idx: torch.Tensor, num_key: int):
         out, score = attention_with_importance(self.attn, self.norm1(x), num_key, self.keyframe_weight)
         x = x + self.drop_path(self.attn.proj_drop(self.attn.proj(out)))
-        x, keep = keep_tokens(x, score, num_key, self.num_kept(x.shape[1], num_key), self.sort_kept)
+        x, keep = keep_tokens(
+            x, score, num_key, num_kept(self.keep_rate, x.shape[1], num_key), self.sort_kept
+        )
         idx = idx if keep is None else idx.gather(1, keep)
         return x + self.drop_path(self.mlp(self.norm2(x))), idx
 
@@ -212,9 +217,11 @@ class KTPSpaceTimeBlock(SpaceTimeBlock):
         super().__init__(*args, **kwargs)
         if self.attention != "joint":
             raise ValueError(f"token pruning needs joint attention, got {self.attention!r}")
-        if not 0 < keep_rate <= 1:
-            raise ValueError(f"keep_rate must be in (0, 1], got {keep_rate}")
-        self.keep_rate, self.keyframe_weight, self.sort_kept = keep_rate, keyframe_weight, sort_kept
+        self.keep_rate, self.keyframe_weight, self.sort_kept = (
+            check_keep_rate(keep_rate),
+            keyframe_weight,
+            sort_kept,
+        )
         self._stages = [self._attend_and_prune]  # the MLP of SpaceTimeBlock.forward then runs on the kept set
 
     def _attend_and_prune(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
