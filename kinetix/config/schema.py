@@ -82,6 +82,10 @@ class ScheduleSection:
     min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
     milestones: list = field(default_factory=list)  # step: epochs at which LR *= gamma
     gamma: float = 0.1
+    # token-pruning models (model.kwargs.keep_rate < 1): train every pruning block at keep 1.0 for
+    # keep_rate_start_epochs, then cosine down to its keep_rate over keep_rate_shrink_epochs (EViT)
+    keep_rate_start_epochs: float = 0.0
+    keep_rate_shrink_epochs: float = 0.0
 
 
 @dataclass

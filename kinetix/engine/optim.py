@@ -17,11 +17,15 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from collections.abc import Callable
 
+import lightning.pytorch as pl
 import torch
 import torch.nn as nn
 
+from kinetix.errors import ConfigError
+from kinetix.layers.token_pruning import pruning_blocks, scheduled_keep_rate
 from kinetix.models._builder import classifier_module
 
 _DEPTH = re.compile(r"(?:^|\.)(?:blocks|layers|stages|layer)\.?(\d+)(?:\.|$)")
@@ -170,3 +174,56 @@ def build_scheduler(
         gamma=cfg.gamma,
     )
     return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
+
+
+class KeepRateSchedule(pl.Callback):
+    """Keep-rate warm-up for token-pruning models (EViT, Liang et al., ICLR 2022, §4).
+
+    Training steps run every pruning block at keep 1.0 for ``start_epochs``, then at
+    :func:`~kinetix.layers.token_pruning.scheduled_keep_rate` (a cosine down to the block's own
+    ``keep_rate``) over ``shrink_epochs``. Validation, testing and the saved model always use the
+    blocks' own rates. The rate is a function of the optimiser step, so resuming needs no state.
+    A model without pruning blocks (keep rate 1) trains unchanged, with a warning."""
+
+    def __init__(self, start_epochs: float = 0.0, shrink_epochs: float = 0.0):
+        if start_epochs < 0 or shrink_epochs < 0:
+            raise ConfigError(
+                "schedule.keep_rate_start_epochs / keep_rate_shrink_epochs must be >= 0, got "
+                f"{start_epochs} / {shrink_epochs}"
+            )
+        self.start_epochs, self.shrink_epochs = start_epochs, shrink_epochs
+        self.targets: list[tuple[nn.Module, float]] = []
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self.targets = [(m, m.keep_rate) for m in pruning_blocks(pl_module)]
+        if not self.targets and trainer.is_global_zero:  # e.g. the keep-1.0 arm of a comparison
+            warnings.warn(
+                "schedule.keep_rate_start_epochs / keep_rate_shrink_epochs do nothing: the model prunes no "
+                "tokens (model.kwargs.keep_rate is 1)",
+                stacklevel=2,
+            )
+        total = max(1, int(trainer.estimated_stepping_batches))
+        self.steps_per_epoch = total / max(1, trainer.max_epochs or 1)
+
+    def progress(self, step: int) -> float:
+        """0 until ``start_epochs``, then linear in steps to 1 at ``start + shrink`` epochs."""
+        epoch = step / self.steps_per_epoch - self.start_epochs
+        if epoch < 0:
+            return 0.0
+        return 1.0 if self.shrink_epochs == 0 else epoch / self.shrink_epochs
+
+    def _set(self, progress: float | None) -> None:
+        for m, target in self.targets:
+            m.keep_rate = target if progress is None else scheduled_keep_rate(target, progress)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._set(self.progress(trainer.global_step))
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._set(None)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self._set(None)
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self._set(None)

@@ -26,6 +26,7 @@ from .checkpoint import (
     read_manifest,
     resolve_checkpoint,
 )
+from .optim import KeepRateSchedule
 
 TASKS = {"classification": "kinetix.engine.classification", "detection": "kinetix.engine.detection"}
 _RUN_DIR_ENV = "KINETIX_RUN_DIR"  # shared by DDP ranks launched by Lightning
@@ -146,6 +147,9 @@ def _fit(cfg, resume, callbacks, **trainer_overrides) -> dict:
         cfg.train.keep_last,
         monitor=getattr(task, "MONITOR", "val/top1"),
     )
+    start, shrink = cfg.schedule.keep_rate_start_epochs, cfg.schedule.keep_rate_shrink_epochs
+    if start or shrink:  # ahead of the user's callbacks
+        callbacks = [KeepRateSchedule(start, shrink), *callbacks]
     trainer = build_trainer(cfg, run_dir, "fit", [saver, *callbacks], **trainer_overrides)
     if trainer.is_global_zero:
         name = "config.yaml" if ckpt is None else f"config-resume-{ckpt.name}.yaml"

@@ -59,6 +59,18 @@ def resolve_prune_layers(depth: int, keep_rate: float, prune_layers) -> frozense
     return frozenset(layers)
 
 
+def scheduled_keep_rate(target: float, progress: float) -> float:
+    """EViT's keep-rate warm-up (Liang et al., "Not All Patches are What You Need", ICLR 2022, §4):
+    a cosine from 1.0 at ``progress`` 0 down to ``target`` at ``progress`` ≥ 1 (clamped)."""
+    p = min(max(progress, 0.0), 1.0)
+    return target + (1.0 - target) * 0.5 * (1.0 + math.cos(math.pi * p))
+
+
+def pruning_blocks(model: nn.Module) -> list[nn.Module]:
+    """Every token-pruning block of ``model`` (their ``keep_rate`` attribute is read per forward)."""
+    return [m for m in model.modules() if isinstance(m, (KTPBlock, KTPSpaceTimeBlock))]
+
+
 def num_kept(keep_rate: float, num_tokens: int, num_key: int) -> int:
     """Non-key tokens kept out of ``num_tokens`` (key tokens included): ``max(ceil(rate·N) − K, 0)``."""
     return max(math.ceil(keep_rate * num_tokens) - num_key, 0)
