@@ -17,6 +17,8 @@ only. Other blocks are unchanged (SDPA).
   prunes; ``forward(x, grid)`` with ``K = num_prefix_tokens + h·w`` taken from ``grid``. The
   recognisers (VideoMAE, ViViT Model 1, TimeSformer joint) place it at :func:`default_prune_layers`.
 * :func:`keyframe_first`: time- or space-major token layouts → prefix, keyframe slice, other slices.
+* :func:`pruning_blocks` / :func:`scheduled_keep_rate`: the pruning blocks of a model and EViT's
+  keep-rate warm-up, used by the engine's ``schedule.keep_rate_*`` settings.
 
 Kept tokens are re-sorted by position (``sort_kept=True``, default); the released code keeps them in
 score order (``sort_kept=False``), which only matters to the head that restores the feature map.
