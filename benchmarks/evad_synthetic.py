@@ -4,8 +4,8 @@ and their difference.
 
 Targets (issue #6): a clearly non-trivial frame-mAP, and keep 0.7 within 1.0 mAP of keep 1.0.
 Runs on one CPU thread (``--threads``) so that the figures do not depend on the machine's load much.
-Measured with the config's keep-rate warm-up (8 epochs, ~30-36 min a run): keep 1.0 24.7 / 24.1,
-keep 0.7 29.9 / 25.1 (seeds 0 / 1, ``--set seed=1``) at 0.80x the GMACs. Without the warm-up
+Measured with the config's keep-rate warm-up (8 epochs, ~30-36 min a run): keep 1.0 24.7 / 24.1 / 22.9,
+keep 0.7 29.9 / 25.1 / 23.4 (seeds 0 / 1 / 2, ``--set seed=N``) at 0.80x the GMACs. Without the warm-up
 (``--set schedule.keep_rate_start_epochs=0 schedule.keep_rate_shrink_epochs=0``) keep 0.7 scores 10.7.
 
     python benchmarks/evad_synthetic.py                       # the config's videos and epochs
