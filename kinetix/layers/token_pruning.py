@@ -201,11 +201,8 @@ class KTPBlock(Block):
         **kw,
     ):
         super().__init__(dim, num_heads, **kw)
-        self.keep_rate, self.keyframe_weight, self.sort_kept = (
-            check_keep_rate(keep_rate),
-            keyframe_weight,
-            sort_kept,
-        )
+        self.keep_rate = check_keep_rate(keep_rate)  # read per forward (the engine's warm-up sets it)
+        self.keyframe_weight, self.sort_kept = keyframe_weight, sort_kept
 
     def forward(self, x: torch.Tensor, idx: torch.Tensor, num_key: int):
         out, score = attention_with_importance(self.attn, self.norm1(x), num_key, self.keyframe_weight)
@@ -231,11 +228,8 @@ class KTPSpaceTimeBlock(SpaceTimeBlock):
         super().__init__(*args, **kwargs)
         if self.attention != "joint":
             raise ValueError(f"token pruning needs joint attention, got {self.attention!r}")
-        self.keep_rate, self.keyframe_weight, self.sort_kept = (
-            check_keep_rate(keep_rate),
-            keyframe_weight,
-            sort_kept,
-        )
+        self.keep_rate = check_keep_rate(keep_rate)  # read per forward (the engine's warm-up sets it)
+        self.keyframe_weight, self.sort_kept = keyframe_weight, sort_kept
         self._stages = [self._attend_and_prune]  # the MLP of SpaceTimeBlock.forward then runs on the kept set
 
     def _attend_and_prune(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
