@@ -193,7 +193,7 @@ def export_onnx(
         x = torch.randn((trace_b, *shape[1:]), generator=gen)
         dyn = None
         if dynamic_batch:
-            dyn = {"video": {0: torch.export.Dim("batch", min=1, max=4096)}}
+            dyn = ({0: torch.export.Dim("batch", min=1, max=4096)},)  # by position: forward's arg name varies
         with torch.no_grad():
             refs = {b: model(x[:b]) for b in sorted({batch_size, trace_b, 1 if dynamic_batch else batch_size})}
         if not all(torch.is_tensor(r) for r in refs.values()):
