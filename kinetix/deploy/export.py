@@ -79,10 +79,11 @@ def _check_exportable(model: nn.Module) -> None:
         raise ExportError(f"expected a torch.nn.Module, got {type(model).__name__}")
     if type(model).__name__ == "EVAD":
         raise ExportError(
-            "EVAD cannot be exported to ONNX: its output is a list of per-clip detections whose length "
-            "depends on the data (person-score threshold in postprocess), and torch.export cannot trace "
-            "that data-dependent filtering into a static graph. Export a recogniser instead; the "
-            "detector runs in PyTorch (kinetix detect)."
+            "EVAD cannot be exported to ONNX honestly yet: (1) the RoI feature extraction "
+            "(kinetix.detection.sparse_rcnn.multiscale_roi_align) loops over the FPN levels present "
+            "in the data (level.unique().tolist()), which torch.export cannot trace (data-dependent "
+            "guard); (2) postprocess returns per-clip detections whose number depends on the data "
+            "(person-score threshold). The detector runs in PyTorch (kinetix detect)."
         )
 
 
