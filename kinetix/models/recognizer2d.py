@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from kinetix.errors import CheckpointError
+from kinetix.layers.partial_bn import set_partial_bn
 from kinetix.layers.temporal import GateShift, TemporalShift
 
 from ._pretrained import BNINCEPTION_MEAN, BNINCEPTION_STD, PretrainedCfg
@@ -46,7 +47,7 @@ class Recognizer2D(nn.Module):
         backbone: maps ``(B*T, 3, H, W) -> (B*T', C, h, w)`` (``T' < T`` with temporal pooling).
         num_classes: classifier size.
         dropout: dropout before the per-frame classifier (TSM/GSM scripts: 0.5).
-        partial_bn: TSN partial BN — in ``train()``, every BatchNorm2d but the first is frozen.
+        partial_bn: TSN partial BN — in ``train()``, every BatchNorm but the first is frozen.
         channels_last: run the backbone in channels_last memory format.
     """
 
@@ -111,12 +112,8 @@ class Recognizer2D(nn.Module):
 
     def train(self, mode: bool = True):
         super().train(mode)
-        if self.partial_bn and mode:  # freeze every BatchNorm2d but the first (TSN)
-            bns = [m for m in self.backbone.modules() if isinstance(m, nn.BatchNorm2d)]
-            for m in bns[1:]:
-                m.eval()
-                m.weight.requires_grad_(False)
-                m.bias.requires_grad_(False)
+        if self.partial_bn and mode:
+            set_partial_bn(self.backbone)
         return self
 
 
