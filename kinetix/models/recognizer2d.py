@@ -184,7 +184,8 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: Recognizer2
     """Foreign checkpoints -> kinetix names.
 
     - official TSN/TSM/GSM (``module.base_model.*``, ``module.new_fc.*``; TSM's shifted convs are
-      wrapped as ``conv1.net``; GSM BN-Inception ids ``gsm_<conv id>.*`` are kept as is);
+      wrapped as ``conv1.net`` (whole blocks as ``N.net`` in place), its temporal pool wraps
+      ``layer2`` as ``layer2.net``; GSM BN-Inception ids ``gsm_<conv id>.*`` are kept as is);
     - mmaction2 TSN/TSM (``backbone.conv1.conv``, ``convK.bn``, ``downsample.conv/bn``,
       ``cls_head.fc_cls``);
     - 2D ImageNet files (torchvision ResNet / Caffe BN-Inception): loaded into the backbone with
@@ -198,6 +199,9 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: Recognizer2
 
         load_image_weights(model, sd)
         return model.state_dict()
+    # TSM's temporal pool (official `make_temporal_pool`, mmaction2 alike) wraps layer2 as
+    # `TemporalPool(net=layer2)`: `layer2.net.N.` is kinetix's `layer2.N.` (the pool has no weights)
+    sd = {re.sub(r"^((?:base_model|backbone)\.layer\d)\.net\.(?=\d)", r"\1.", k): v for k, v in sd.items()}
     _check_shift_layout(sd, model)
     own = model.state_dict()
     out = {}
