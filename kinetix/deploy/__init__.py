@@ -1,8 +1,10 @@
 """Deployment: ONNX export checked in onnxruntime, onnxruntime runners (clip and online step models)
 and the fastest CPU inference path (:func:`optimize_for_inference`)."""
 
+from kinetix.utils.inference import FastLinear, InferenceModel, onednn_copy
+
 from .export import ExportResult, export_onnx, export_step_onnx, step_cache_spec
-from .optimize import BACKENDS, FastLinear, InferenceModel, onednn_copy, optimize_for_inference
+from .optimize import BACKENDS, OnnxRuntimeModule, optimize_for_inference
 from .runtime import OnnxRecognizer, OnnxStreamingRecognizer, make_session
 
 __all__ = [
@@ -11,6 +13,7 @@ __all__ = [
     "FastLinear",
     "InferenceModel",
     "OnnxRecognizer",
+    "OnnxRuntimeModule",
     "OnnxStreamingRecognizer",
     "export_onnx",
     "export_step_onnx",

@@ -17,6 +17,7 @@ import torch
 from kinetix.config import config_to_yaml
 from kinetix.errors import ConfigError
 from kinetix.models import create_model
+from kinetix.utils.inference import fast_inference
 
 from . import classification, detection
 from .checkpoint import PeriodicCheckpoint, resolve_checkpoint
@@ -129,4 +130,5 @@ def predict(
     if views is not None:
         settings = settings.with_views(views)
     aggregate = aggregate or (cfg.eval.aggregate if cfg else "logits")
+    model = fast_inference(model)  # the fastest measured CPU path (kinetix.deploy.optimize_for_inference)
     return classification.predict_videos(model, videos, settings, class_names, topk, aggregate)
