@@ -48,7 +48,7 @@ class FastLinear(nn.Linear):
     def __init__(self, linear: nn.Linear, gelu: str | None = None):
         nn.Module.__init__(self)
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.weight, self.bias = linear.weight, linear.bias  # the same Parameters
+        self.weight, self.bias = linear.weight, linear.bias  # the same Parameters (or tensors)
         self.gelu = gelu  # None, "none" (erf) or "tanh": nn.GELU's ``approximate``
         self._packed: torch.Tensor | None = None
         self._packed_key: tuple | None = None
@@ -65,12 +65,33 @@ class FastLinear(nn.Linear):
 
     def packed_weight(self) -> torch.Tensor:
         w = self.weight
-        key = (w.data_ptr(), w._version, w.shape)
+        key = (w.data_ptr(), -1 if w.is_inference() else w._version, w.shape)  # inference tensors: fixed
         if self._packed_key != key:
             with torch.no_grad():
                 self._packed = torch.ops.mkldnn._reorder_linear_weight(w.detach(), 1024)
             self._packed_key = key
         return self._packed
+
+    @classmethod
+    def from_tensors(cls, weight: torch.Tensor, bias: torch.Tensor | None) -> FastLinear:
+        """A fixed affine map ``h @ weight.T + bias`` (e.g. two layers composed at inference)."""
+        shell = nn.Module()
+        shell.in_features, shell.out_features, shell.weight, shell.bias = weight.shape[1], weight.shape[0], weight, bias
+        return cls(shell)
+
+    def with_bias(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """``x @ weight.T + bias`` with another bias (VideoMAE's q/v-only bias), on the fast path."""
+        if self.gelu is not None or not self._fast(x) or (bias.requires_grad and torch.is_grad_enabled()):
+            return F.linear(x, self.weight, bias)
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight(), bias, "none", [], "")
+
+    def add_to(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor | None:
+        """``x + self(h)`` as one oneDNN GEMM with a fused sum post-op, or ``None`` where the fast path
+        does not apply (autograd, autocast, fused GELU, other dtypes/devices)."""
+        if self.gelu is not None or not self._fast(h) or x.dtype != h.dtype:
+            return None
+        other = x.contiguous()
+        return torch.ops.mkldnn._linear_pointwise.binary(h, other, self.packed_weight(), self.bias, "add")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._fast(x):
@@ -92,19 +113,24 @@ def _share_copy(model: nn.Module) -> nn.Module:
 
 def onednn_copy(model: nn.Module) -> nn.Module:
     """``model``'s module tree with every ``nn.Linear`` a :class:`FastLinear` (parameters shared);
-    a Linear directly followed by an ``nn.GELU`` sibling named ``act`` (the transformer MLP) gets the
-    activation fused and the ``act`` slot becomes ``nn.Identity``."""
+    a Linear named ``fc1`` with an ``nn.GELU`` sibling named ``act`` (the transformer MLP) gets the
+    activation fused and the ``act`` slot becomes ``nn.Identity``.
+
+    The copied Linear objects become FastLinears in place (their class is switched, nothing else
+    changes), so references a module keeps to its layers (e.g. lists resolved in ``__init__``) see
+    them too; the original model is not touched."""
     out = _share_copy(model)
     for parent in list(out.modules()):
         children = dict(parent.named_children())
         for name, child in children.items():
-            if type(child) is nn.Linear:
-                gelu = None
-                act = children.get("act")
-                if name == "fc1" and isinstance(act, nn.GELU) and _MKLDNN:
-                    gelu = act.approximate
-                    parent.act = nn.Identity()
-                setattr(parent, name, FastLinear(child, gelu))
+            if type(child) is not nn.Linear:
+                continue
+            act = children.get("act")
+            gelu = act.approximate if name == "fc1" and isinstance(act, nn.GELU) and _MKLDNN else None
+            if gelu is not None:
+                parent.act = nn.Identity()
+            child.__class__ = FastLinear
+            child.gelu, child._packed, child._packed_key = gelu, None, None
     return out
 
 
