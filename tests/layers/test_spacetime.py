@@ -213,3 +213,120 @@ def test_inference_mode_composes_fc_with_proj_and_tracks_weight_changes(attentio
                 if "_fc" in name or "attn.proj" in name:
                     p.mul_(1.5)  # in place: the cached composition must be recomputed
     assert not torch.allclose(ref, blk.eval()(x, grid).detach())
+
+
+# ---- stochastic depth in training mode ------------------------------------------------------------
+class _RecordingDropPath(torch.nn.Module):
+    """A DropPath(p) that records its per-sample draws (the MLP branch)."""
+
+    def __init__(self, p):
+        super().__init__()
+        self.drop_prob, self.draws = p, []
+
+    def forward(self, x):
+        keep = x.new_empty(x.shape[0], *([1] * (x.ndim - 1))).bernoulli_(1 - self.drop_prob) / (1 - self.drop_prob)
+        self.draws.append(keep)
+        return x * keep
+
+
+def _record_draws(block, p=0.5):
+    """Train mode with drop-path ``p``; returns the list that collects every attention-stage draw."""
+    draws, keep = [], block._keep
+    block.drop_path = _RecordingDropPath(p)
+
+    def recording(x, shape=None):
+        k = keep(x, shape)
+        draws.append(k)
+        return k
+
+    block._keep = recording
+    return draws
+
+
+def _official_divided(blk, x, grid, m_t, m_s, m_mlp):
+    """facebookresearch/TimeSformer ``vit.py`` ``Block.forward`` (divided_space_time) written out, with
+    each ``self.drop_path`` replaced by the mask of the batch it sees there: the temporal residual is
+    computed on ``(b h w) t m`` (``m_t``: one draw per (b, h, w)) and goes through ``temporal_fc``
+    *after* the drop; the spatial residual on ``(b t) (1 + h w) m`` (``m_s``: one per (b, t), the CLS
+    copy of frame t included, then the CLS residual is averaged over t); the MLP per sample."""
+    T, H, W = grid
+    B, _, C = x.shape
+    xt = x[:, 1:].reshape(B * H * W, T, C)  # 'b (h w t) m -> (b h w) t m'
+    res_t = blk.temporal_attn(blk.temporal_norm1(xt)) * m_t.view(-1, 1, 1)
+    res_t = blk.temporal_fc(res_t.reshape(B, H * W * T, C))  # '(b h w) t m -> b (h w t) m', then fc
+    xt = x[:, 1:] + res_t
+    init_cls = x[:, :1]  # (B, 1, C)
+    cls = init_cls.repeat(1, T, 1).reshape(B * T, 1, C)
+    xs = xt.reshape(B, H, W, T, C).permute(0, 3, 1, 2, 4).reshape(B * T, H * W, C)  # '(b t) (h w) m'
+    res_s = blk.attn(blk.norm1(torch.cat([cls, xs], 1))) * m_s.view(-1, 1, 1)
+    cls_res = res_s[:, 0].reshape(B, T, C).mean(1, keepdim=True)  # averaged over frames
+    res_p = res_s[:, 1:].reshape(B, T, H, W, C).permute(0, 2, 3, 1, 4).reshape(B, H * W * T, C)
+    x = torch.cat([init_cls, xt], 1) + torch.cat([cls_res, res_p], 1)
+    return x + blk.mlp(blk.norm2(x)) * m_mlp.view(-1, 1, 1)
+
+
+def test_divided_drop_path_masks_follow_official_timesformer():
+    torch.manual_seed(0)
+    T, H, W = grid = (3, 2, 4)
+    B = 4
+    blk = _block("divided", "space_major", prefix=1).train()  # random weights, temporal_fc included
+    draws = _record_draws(blk)
+    x = torch.randn(B, 1 + T * H * W, DIM)
+    y = blk(x, grid)
+    m_t, m_s = draws  # temporal stage, then spatial stage
+    # the mask structure: one draw per (b, h, w) over time, one per (b, t) over space
+    assert m_t.shape == (B, H, W, 1, 1) and m_s.shape == (B, 1, 1, T, 1)
+    assert set(m_t.unique().tolist()) == {0.0, 2.0} and set(m_s.unique().tolist()) == {0.0, 2.0}
+    (m_mlp,) = blk.drop_path.draws
+    ref = _official_divided(blk, x, grid, m_t.reshape(-1), m_s.reshape(-1), m_mlp.reshape(-1))
+    torch.testing.assert_close(y, ref, atol=2e-5, rtol=1e-4)
+    # the draws matter: one sample-wide draw per stage gives another output
+    per_sample = _official_divided(blk, x, grid, m_t[:, :1, :1].expand(-1, H, W, -1, -1).reshape(-1),
+                                   m_s[..., :1, :].expand(-1, -1, -1, T, -1).reshape(-1), m_mlp.reshape(-1))  # fmt: skip
+    assert not torch.allclose(y, per_sample, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("attention", "expected"),
+    [  # per stage, over (B, H, W, T): 1 = one draw per index of that axis, 0 = shared (attended axis)
+        ("divided", [(1, 1, 1, 0), (1, 0, 0, 1)]),  # time: per (b, h, w); space: per (b, t)
+        ("axial", [(1, 1, 1, 0), (1, 1, 0, 1), (1, 0, 1, 1)]),  # time, width: per (b, h, t), height: per (b, w, t)
+        ("factorised", [(1, 0, 0, 1), (1, 1, 1, 0)]),  # space then time
+    ],
+)
+def test_axis_stage_drop_path_is_per_attention_group(attention, expected):
+    """Every axis stage draws once per attention group (the tokens that attend together), as the
+    official TimeSformer drop path on the folded batch; checked against the masked joint reference
+    with each token's residual scaled by its group's draw (no prefix tokens)."""
+    torch.manual_seed(1)
+    T, H, W = grid = (3, 4, 2)
+    B = 3
+    blk = _block(attention, "space_major", prefix=0).train()
+    draws = _record_draws(blk)
+    x = torch.randn(B, T * H * W, DIM)
+    y = blk(x, grid)
+    shapes = [(*(d if keep else 1 for d, keep in zip((B, H, W, T), e)), 1) for e in expected]
+    assert [tuple(d.shape) for d in draws] == shapes
+    c = token_coords(grid, "space_major")
+    masks = {"time": _same_except(c, [0]), "space": _same_except(c, [1, 2]),
+             "width": _same_except(c, [2]), "height": _same_except(c, [1])}  # fmt: skip
+    plan = {
+        "divided": [("temporal_", "time"), ("", "space")],
+        "axial": [("temporal_", "time"), ("width_", "width"), ("", "height")],
+        "factorised": [("", "space"), ("temporal_", "time")],
+    }[attention]
+    ref = x
+    for (prefix, axis), keep in zip(plan, draws):
+        per_token = keep.expand(B, H, W, T, 1).reshape(B, -1, 1)  # (B, N, 1) in space-major order
+        res = getattr(blk, f"{prefix}attn")(getattr(blk, f"{prefix}norm1")(ref), masks[axis]) * per_token
+        fc = getattr(blk, f"{prefix}fc", None)
+        ref = ref + (fc(res) if fc is not None else res)
+    ref = ref + blk.mlp(blk.norm2(ref)) * blk.drop_path.draws[0]
+    torch.testing.assert_close(y, ref, atol=2e-5, rtol=1e-4)
+
+
+def test_eval_and_zero_drop_path_draw_nothing():
+    blk = _block("divided").train()
+    blk.drop_path.drop_prob = 0.0
+    x = torch.randn(2, 1 + 12, DIM)
+    torch.testing.assert_close(blk(x, (3, 2, 2)), blk.eval()(x, (3, 2, 2)))
