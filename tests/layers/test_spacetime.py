@@ -330,3 +330,104 @@ def test_eval_and_zero_drop_path_draw_nothing():
     blk.drop_path.drop_prob = 0.0
     x = torch.randn(2, 1 + 12, DIM)
     torch.testing.assert_close(blk(x, (3, 2, 2)), blk.eval()(x, (3, 2, 2)))
+
+
+# ---- TimeSformer L+G and axial: brute force over explicit neighbour sets ---------------------------
+# Bertasius et al. (ICML 2021) §3 / Fig. 2: "Sparse Local Global attention (L+G) first computes a local
+# attention by considering the neighboring F x H/2 x W/2 patches and then calculates a sparse global
+# attention over the entire clip using a stride of 2 patches along the temporal dimension and also the
+# two spatial dimensions"; "Axial attention decomposes the attention computation in three distinct
+# steps: over time, width and height". Decisions recorded in kinetix (not in the paper): the local window
+# is centred on the query and clipped at the border, the global stride is anchored at the query (keys
+# at even offsets), the CLS token attends to and is seen by every patch in both L+G stages; in axial
+# attention the CLS takes part in the height step only, one copy per (t, w) column, averaged back.
+def _index(layout, grid, P):
+    """Position of patch (t, h, w) in the token sequence: official TimeSformer space-major
+    ``1 + (h*W + w)*T + t``, or time-major ``(t*H + h)*W + w`` (ViViT/VideoMAE)."""
+    T, H, W = grid
+    if layout == "space_major":
+        return lambda t, h, w: P + (h * W + w) * T + t
+    return lambda t, h, w: P + (t * H + h) * W + w
+
+
+def _attend_one(attn, qkv, i, keys):
+    """Query token ``i`` over the token indices ``keys``; plain softmax per head: ``(C,)`` before proj."""
+    heads = []
+    for hh in range(attn.num_heads):
+        q, k, v = qkv[i, 0, hh], qkv[keys, 1, hh], qkv[keys, 2, hh]
+        s = (k @ q) * q.shape[-1] ** -0.5
+        p = torch.exp(s - s.max())
+        heads.append((p / p.sum()) @ v)
+    return torch.cat(heads)
+
+
+def _qkv(attn, xn):
+    """``(N, C)`` normed tokens -> ``(N, 3, heads, hd)`` from the fused qkv Linear (timm/official layout)."""
+    return attn.qkv(xn).view(xn.shape[0], 3, attn.num_heads, -1)
+
+
+def _brute_local_global(blk, x, grid):
+    T, H, W = grid
+    idx = _index(blk.layout, grid, 1)
+    every = list(range(x.shape[0]))
+    rh, rw = (H // 2 - 1) // 2, (W // 2 - 1) // 2  # a window of H/2 x W/2 patches centred on the query
+
+    def local(t, h, w):
+        return [idx(t2, h2, w2) for t2 in range(T) for h2 in range(max(0, h - rh), min(H, h + rh + 1))
+                for w2 in range(max(0, w - rw), min(W, w + rw + 1))]  # fmt: skip
+
+    def global_(t, h, w):  # stride 2 along t, h and w through the query
+        return [idx(t2, h2, w2) for t2 in range(t % 2, T, 2) for h2 in range(h % 2, H, 2) for w2 in range(w % 2, W, 2)]
+
+    for prefix, neighbours in (("local_", local), ("", global_)):
+        attn, qkv = getattr(blk, f"{prefix}attn"), _qkv(getattr(blk, f"{prefix}attn"), getattr(blk, f"{prefix}norm1")(x))
+        out = torch.empty_like(x)
+        out[0] = _attend_one(attn, qkv, 0, every)  # the CLS sees every token
+        for t in range(T):
+            for h in range(H):
+                for w in range(W):
+                    out[idx(t, h, w)] = _attend_one(attn, qkv, idx(t, h, w), [0, *neighbours(t, h, w)])
+        res = attn.proj(out)
+        fc = getattr(blk, f"{prefix}fc", None)
+        x = x + (fc(res) if fc is not None else res)
+    return x + blk.mlp(blk.norm2(x))
+
+
+def _brute_axial(blk, x, grid):
+    T, H, W = grid
+    idx = _index(blk.layout, grid, 1)
+    steps = [
+        ("temporal_", lambda t, h, w: [idx(t2, h, w) for t2 in range(T)]),
+        ("width_", lambda t, h, w: [idx(t, h, w2) for w2 in range(W)]),
+        ("", lambda t, h, w: [0] + [idx(t, h2, w) for h2 in range(H)]),  # + the column's CLS copy
+    ]
+    for prefix, line in steps:
+        attn = getattr(blk, f"{prefix}attn")
+        qkv = _qkv(attn, getattr(blk, f"{prefix}norm1")(x))
+        out = torch.zeros_like(x)
+        for t in range(T):
+            for h in range(H):
+                for w in range(W):
+                    out[idx(t, h, w)] = _attend_one(attn, qkv, idx(t, h, w), line(t, h, w))
+        res = attn.proj(out)
+        fc = getattr(blk, f"{prefix}fc", None)
+        res = fc(res) if fc is not None else res
+        if prefix == "":  # CLS: one copy per (t, w) column attends over it; residuals averaged
+            cols = [attn.proj(_attend_one(attn, qkv, 0, line(t, 0, w))) for t in range(T) for w in range(W)]
+            res[0] = torch.stack(cols).mean(0)
+        else:
+            res[0] = 0.0  # the CLS does not take part in the time and width steps
+        x = x + res
+    return x + blk.mlp(blk.norm2(x))
+
+
+@pytest.mark.parametrize("layout", ["space_major", "time_major"])
+@pytest.mark.parametrize("attention", ["local_global", "axial"])
+def test_local_global_and_axial_match_brute_force_neighbour_sets(attention, layout):
+    torch.manual_seed(2)
+    grid = (3, 6, 10)  # H/2 = 3 and W/2 = 5 patches: odd windows, centred without ambiguity
+    blk = _block(attention, layout, prefix=1)
+    x = torch.randn(1 + 3 * 6 * 10, DIM)
+    ref = (_brute_local_global if attention == "local_global" else _brute_axial)(blk, x, grid)
+    with torch.no_grad():
+        torch.testing.assert_close(blk(x[None], grid)[0], ref, atol=2e-5, rtol=1e-4)
