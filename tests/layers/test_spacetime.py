@@ -156,7 +156,7 @@ def test_local_global_mask_matches_brute_force(layout):
 @pytest.mark.parametrize("attention", ATTENTION_TYPES)
 def test_every_scheme_accepts_any_grid_and_has_identity_extra_stages(attention):
     prefix = 0 if attention == "factorised_dot" else 1
-    b = SpaceTimeBlock(DIM, HEADS, attention, num_prefix_tokens=prefix, layout="time_major").train()
+    b = SpaceTimeBlock(DIM, HEADS, attention, num_prefix_tokens=prefix, layout="time_major", drop_path=0.3).train()
     for grid in [(2, 3, 3), (5, 2, 4), (1, 1, 1)]:
         x = torch.randn(2, prefix + grid[0] * grid[1] * grid[2], DIM, requires_grad=True)
         y = b(x, grid)
