@@ -75,6 +75,7 @@ def test_factorised_encoder_is_a_shared_spatial_encoder_per_time_index():
 # hd = D / H; Flax linen names sub-modules ``<Class>_<n>``, counting per class:
 #   embedding/kernel (ft, fh, fw, 3, D), embedding/bias (D,)   nn.Conv(name='embedding') on (n, t, h, w, c);
 #                                                               patches.size = (fh, fw, ft), stride = kernel
+#     (temporal_sampling: a 2D nn.Conv, kernel (fh, fw, 3, D), on the frames stacked as (n, t*h, w, c))
 #   cls (1, 1, D)                                               ViViT.param('cls'), classifier 'token' (Model 1)
 #   Transformer/posembed_input/pos_embedding (1, [1 +] t*h*w, D)  vit.AddPositionEmbs, tokens t-major
 #   Transformer/encoderblock_{i}/ (EncoderBlock: Models 1, 2, 4)
@@ -93,7 +94,7 @@ def test_factorised_encoder_is_a_shared_spatial_encoder_per_time_index():
 _D, _H, _MLP, _DEPTH, _GRID, _TUBE, _CLASSES = 32, 2, 128, 2, (2, 4, 4), (2, 8, 8), 5
 
 
-def _scenic_tree(model, seed=0):
+def _scenic_tree(model, seed=0, tubelet=2):
     g = torch.Generator().manual_seed(seed)
 
     def r(*shape, mean=0.0):
@@ -123,8 +124,9 @@ def _scenic_tree(model, seed=0):
                                             "LayerNorm_1": ln(), "MlpBlock_0": mlp()}  # fmt: skip
         return enc
 
-    t, h, w = _GRID
-    tree = {"embedding": {"kernel": r(*_TUBE, 3, _D), "bias": r(_D)},
+    t, h, w = _GRID[0] * 2 // tubelet, *_GRID[1:]
+    kernel = r(*_TUBE, 3, _D) if tubelet == 2 else r(*_TUBE[1:], 3, _D)
+    tree = {"embedding": {"kernel": kernel, "bias": r(_D)},
             "output_projection": {"kernel": r(_D, _CLASSES), "bias": r(_CLASSES)}}  # fmt: skip
     if model == 2:
         tree |= {"cls_SpatialTransformer": r(1, 1, _D), "cls_TemporalTransformer": r(1, 1, _D),
@@ -220,9 +222,15 @@ def _scenic_forward(tree, video, model, order=("space", "time")):
     """scenic's ViViT / SpaceTimeViViT forward, written from the tree above (independent of kinetix)."""
     x = video.permute(0, 2, 3, 4, 1)  # (n, T, H, W, c): scenic is channels-last
     n, T, Hp, Wp, c = x.shape
-    (ft, fh, fw), t = _TUBE, T // _TUBE[0]
-    x = x.reshape(n, t, ft, Hp // fh, fh, Wp // fw, fw, c)
-    x = torch.einsum("ntahbwec,abecd->nthwd", x, tree["embedding"]["kernel"]) + tree["embedding"]["bias"]
+    kernel = tree["embedding"]["kernel"]
+    if kernel.ndim == 5:  # 3d_conv: tubelets
+        (ft, fh, fw), t = _TUBE, T // _TUBE[0]
+        x = x.reshape(n, t, ft, Hp // fh, fh, Wp // fw, fw, c)
+        x = torch.einsum("ntahbwec,abecd->nthwd", x, kernel)
+    else:  # temporal_sampling: 2D patches of every frame
+        (fh, fw), t = _TUBE[1:], T
+        x = torch.einsum("nthbwec,becd->nthwd", x.reshape(n, T, Hp // fh, fh, Wp // fw, fw, c), kernel)
+    x = x + tree["embedding"]["bias"]
     x = x.reshape(n, t, -1, _D)  # (n, t, h*w, D): tokens t-major
     if model == 2:  # the spatial encoder per time index (vmap over t), then the temporal encoder
         frames = []
@@ -242,11 +250,12 @@ def _scenic_forward(tree, video, model, order=("space", "time")):
     return _dense(_encoder(x, tree["Transformer"], block).mean(1), tree["output_projection"])  # 'gap'
 
 
-@pytest.mark.parametrize("model", [1, 2, 3, 4])
-def test_scenic_npz_converts(model, tmp_path):
-    tree = _scenic_tree(model)
+@pytest.mark.parametrize(("model", "tubelet"), [(1, 2), (2, 2), (3, 2), (4, 2), (1, 1)])
+def test_scenic_npz_converts(model, tubelet, tmp_path):
+    tree = _scenic_tree(model, tubelet=tubelet)
     np.savez(tmp_path / "scenic.npz", **_flatten(tree))
-    ours = create_model("test_vivit", model=model, checkpoint=str(tmp_path / "scenic.npz")).eval()
+    ours = create_model("test_vivit", model=model, tubelet_size=tubelet, checkpoint=str(tmp_path / "scenic.npz"))
+    ours.eval()
     x = torch.randn(2, 3, 4, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), _scenic_forward(tree, x, model), atol=1e-4, rtol=1e-4)
