@@ -6,7 +6,10 @@
   TSN with a zero-cost temporal shift in the residual branch of every block
   (:class:`~kinetix.layers.temporal.TemporalShift`); online TSM shifts only from the past and runs
   frame by frame through :class:`StreamingRecognizer`.
-- GSM: Sudhakaran et al., "Gate-Shift Networks for Video Action Recognition", CVPR 2020.
+- GSM: Sudhakaran et al., "Gate-Shift Networks for Video Action Recognition", CVPR 2020 — on
+  BN-Inception, Inception-v3 (the backbone of the official Something-V1 results) and ResNet-50.
+- TSM + non-local: TSM ResNet-50 with embedded-Gaussian non-local blocks (Wang et al., "Non-local
+  Neural Networks", CVPR 2018) after res3 blocks 0, 2 and res4 blocks 0, 2, 4, as released.
 
 Input ``(B, C, T, H, W)`` -> logits ``(B, num_classes)``; time is folded into the batch,
 ``(B*T, C, H, W)``, for the backbone.
@@ -26,6 +29,7 @@ from kinetix.layers.temporal import GateShift, TemporalShift
 from ._pretrained import BNINCEPTION_MEAN, BNINCEPTION_STD, PretrainedCfg
 from ._registry import register_model
 from .bninception import BNInception
+from .inceptionv3 import InceptionV3
 from .resnet import BasicBlock, Bottleneck, ResNet, TemporalMaxPool, resnet
 
 __all__ = ["Recognizer2D", "StreamingRecognizer", "fold_time"]
@@ -187,7 +191,9 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: Recognizer2
     """Foreign checkpoints -> kinetix names.
 
     - official TSN/TSM/GSM (``module.base_model.*``, ``module.new_fc.*``; TSM's shifted convs are
-      wrapped as ``conv1.net``; GSM BN-Inception ids ``gsm_<conv id>.*`` are kept as is);
+      wrapped as ``conv1.net``; GSM BN-Inception ids ``gsm_<conv id>.*`` are kept as is; GSM
+      Inception-v3 ids ``mixed_4_tower_conv_1_Conv2D`` / ``..._batchnorm`` / ``gsm_<conv id>`` map to
+      torchvision names; TSM non-local blocks ``layerX.Y.block.*`` / ``layerX.Y.nl.*``);
     - mmaction2 TSN/TSM (``backbone.conv1.conv``, ``convK.bn``, ``downsample.conv/bn``,
       ``cls_head.fc_cls``);
     - 2D ImageNet files (torchvision ResNet / Caffe BN-Inception): loaded into the backbone with
@@ -203,12 +209,15 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: Recognizer2
         return model.state_dict()
     _check_shift_layout(sd, model)
     own = model.state_dict()
+    official_key = getattr(model.backbone, "official_key", lambda k: None)  # e.g. Inception-v3 ids
     out = {}
     for k, v in sd.items():
         if k.startswith(("backbone.", "cls_head.")):  # mmaction2
             for pat, rep in _MM_RESNET:
                 k = re.sub(pat, rep, k)
         k = re.sub(r"^base_model\.", "backbone.", k)
+        if k.startswith("backbone.") and (tv := official_key(k.removeprefix("backbone."))):
+            k = "backbone." + tv
         k = re.sub(r"^new_fc\.", "fc.", k)
         k = k.replace(".net.", ".")  # TSM wrapper: conv1.net.weight -> conv1.weight
         if k in own and own[k].shape != v.shape and own[k].numel() == v.numel():
@@ -369,6 +378,36 @@ def gsm_bninception(causal: bool = False, **kwargs):
     return _bninception_recognizer(temporal="gsm", causal=causal, **kwargs)
 
 
+# Inception-v3 (official GSM): BGR 0..255, input 229, test resize 229*256//224 = 261
+_GSM_INCV3 = {  # official README, Something-V1 val, 1 centre crop (8/12/16/24 frames, 1 or 2 clips)
+    "ssv1": _cfg(num_classes=174, input_size=229, test_resize=261, source=_SRC_GSM,
+                 licence="see the official repository", **_BGR,
+                 paper_metrics={"ssv1_top1_8f": 49.01, "ssv1_top1_12f": 51.58, "ssv1_top1_16f": 50.63,
+                                "ssv1_top1_24f": 49.63, "ssv1_top1_8x2": 50.43, "ssv1_top1_12x2": 51.98}),
+}  # fmt: skip
+
+
+def _inceptionv3_recognizer(
+    num_classes=174, num_frames=8, dropout=0.5, partial_bn=False, channels_last=False, **bb
+):
+    backbone = InceptionV3(num_classes=0, num_frames=num_frames, **bb)
+    return Recognizer2D(backbone, num_classes, num_frames, dropout, partial_bn, channels_last)
+
+
+@register_model(cfgs=_GSM_INCV3)
+def tsn_inceptionv3(variant: str = "cuhk", **kwargs):
+    """TSN Inception-v3 (``variant="cuhk"``: the Caffe network of the official GSM/TSN code, BGR
+    0..255 input at 229; ``"torchvision"``: torchvision's network, for its ImageNet weights)."""
+    return _inceptionv3_recognizer(variant=variant, **kwargs)
+
+
+@register_model(cfgs=_GSM_INCV3)
+def gsm_inceptionv3(variant: str = "cuhk", causal: bool = False, **kwargs):
+    """GSM Inception-v3: 10 Gate-Shift modules at the official positions (every block but
+    ``Mixed_6d``); the backbone of every Something-V1 number in the official README."""
+    return _inceptionv3_recognizer(temporal="gsm", variant=variant, causal=causal, **kwargs)
+
+
 @register_model(cfgs={"ssv1": _cfg(num_classes=174)})
 def gsm_r50(causal: bool = False, **kwargs):
     """GSM ResNet-50: a Gate-Shift module on every bottleneck's residual branch, after ``conv1``
@@ -407,6 +446,21 @@ def test_gsm(causal: bool = False, **kwargs):
     """Tiny GSM (bottleneck layout, one block per stage, width 8)."""
     gsm = functools.partial(GateShift, causal=causal)
     return _resnet_recognizer_tiny(block="bottleneck", temporal=gsm, temporal_position="conv1", **kwargs)
+
+
+_INCV3_CI = {"synthetic": _cfg(num_frames=8, input_size=75, num_classes=10, test_resize=86, **_BGR)}
+
+
+@register_model(cfgs=_INCV3_CI)
+def test_tsn_inceptionv3(variant: str = "cuhk", **kwargs):
+    """Tiny TSN Inception-v3 for CI (same backbone as ``test_gsm_inceptionv3``, no GSM)."""
+    return _inceptionv3_recognizer(variant=variant, width_div=8, **kwargs)
+
+
+@register_model(cfgs=_INCV3_CI)
+def test_gsm_inceptionv3(variant: str = "cuhk", causal: bool = False, **kwargs):
+    """Tiny GSM Inception-v3 for CI: every width / 8, 75x75 input (the smallest Inception-v3 input)."""
+    return _inceptionv3_recognizer(temporal="gsm", variant=variant, causal=causal, width_div=8, **kwargs)
 
 
 def _resnet_recognizer_tiny(

@@ -281,7 +281,8 @@ def load_image_weights(model: nn.Module, path_or_state_dict) -> list[str]:
     sd = {k: v.reshape(own[k].shape) if k in own and v.shape != own[k].shape and v.numel() == own[k].numel() else v
           for k, v in sd.items()}  # fmt: skip
     extra = tuple(temporal_prefixes(backbone))
-    missing = sorted(set(own) - set(sd))
+    # BN batch counters are bookkeeping: files converted from Caffe (2017) do not carry them
+    missing = sorted(k for k in set(own) - set(sd) if not k.endswith(".num_batches_tracked"))
     bad = [k for k in missing if not k.startswith(extra)]
     unexpected = sorted(set(sd) - set(own))
     shape = [k for k in sd if k in own and own[k].shape != sd[k].shape]
@@ -292,7 +293,11 @@ def load_image_weights(model: nn.Module, path_or_state_dict) -> list[str]:
             + (f"unexpected keys {unexpected[:8]}; " if unexpected else "")
             + (f"missing non-temporal keys {bad[:8]}; " if bad else "")
             + (f"shape mismatch {shape[:8]}; " if shape else "")
-            + "use torchvision ResNet / Caffe BN-Inception ImageNet weights of the same depth and width."
+            + getattr(
+                backbone,
+                "image_weights_hint",
+                "use torchvision ResNet / Caffe BN-Inception ImageNet weights of the same depth and width.",
+            )
         )
     backbone.load_state_dict(sd, strict=False)
     return missing

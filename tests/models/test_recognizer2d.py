@@ -121,7 +121,7 @@ def test_bninception_image_weights():
         image["conv1_7x7_s2_bn.weight"] = image["conv1_7x7_s2_bn.weight"].view(1, 64)  # Caffe (1, C)
         assert load_image_weights(create_model("tsn_bninception"), image) == []
         missing = load_image_weights(create_model("gsm_bninception"), image)
-        assert len(missing) == 10 * 7 and all(k.startswith("gsm_") for k in missing)  # conv3D w/b + bn (5)
+        assert len(missing) == 10 * 6 and all(k.startswith("gsm_") for k in missing)  # conv3D w/b + bn (4)
         del image["inception_4d_1x1.bias"]
         with pytest.raises(CheckpointError, match=r"inception_4d_1x1\.bias"):
             load_image_weights(create_model("gsm_bninception"), image)
