@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from kinetix.errors import CheckpointError
-from kinetix.layers.temporal import GateShift, TemporalShift
+from kinetix.layers.temporal import GateShift, NonLocal3D, TemporalShift
 
 from ._pretrained import BNINCEPTION_MEAN, BNINCEPTION_STD, PretrainedCfg
 from ._registry import register_model
@@ -139,6 +139,11 @@ class StreamingRecognizer(nn.Module):
         super().__init__()
         self.model = model
         self.layers = [m for m in model.modules() if isinstance(m, TemporalShift | GateShift)]
+        if any(isinstance(m, NonLocal3D) for m in model.modules()):
+            raise ValueError(
+                "streaming is not possible with non-local blocks: they attend over the whole clip, "
+                "future frames included (there is no online TSM-NL)"
+            )
         acausal = [
             n for n, m in model.named_modules() if isinstance(m, TemporalShift | GateShift) and not m.causal
         ]
@@ -220,6 +225,9 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: Recognizer2
             k = "backbone." + tv
         k = re.sub(r"^new_fc\.", "fc.", k)
         k = k.replace(".net.", ".")  # TSM wrapper: conv1.net.weight -> conv1.weight
+        k = re.sub(r"(layer\d\.\d+)\.block\.", r"\1.", k)  # TSM-NL wrapper: layer2.0.block.conv1 -> layer2.0.conv1
+        k = re.sub(r"(layer\d\.\d+)\.nl\.(phi|g)\.0\.", r"\1.non_local.\2.", k)  # Sequential(conv, pool)
+        k = re.sub(r"(layer\d\.\d+)\.nl\.", r"\1.non_local.", k)
         if k in own and own[k].shape != v.shape and own[k].numel() == v.numel():
             v = v.reshape(own[k].shape)  # e.g. BN tensors stored as (1, C) by Caffe converters
         out[k] = v
@@ -232,7 +240,7 @@ def _check_shift_layout(sd: dict[str, torch.Tensor], model: Recognizer2D) -> Non
     and run without the shift, and vice versa)."""
     if not hasattr(model.backbone, "layer1"):
         return
-    pat = re.compile(r"^(?:base_model|backbone)\.(layer\d\.\d+)\.(?:conv1\.(?:conv\.)?)?net\.")
+    pat = re.compile(r"^(?:base_model|backbone)\.(layer\d\.\d+)\.(?:block\.)?(?:conv1\.(?:conv\.)?)?net\.")
     in_ckpt = {m.group(1) for k in sd if (m := pat.match(k))}
     in_model = {n.removeprefix("backbone.").removesuffix(".temporal_in") for n, m in model.named_modules()
                 if isinstance(m, TemporalShift) and n.endswith(".temporal_in")}  # fmt: skip
@@ -266,6 +274,11 @@ _TSM_R50 = {
     "ssv2": _cfg(
         num_classes=174, test_views=(2, 3), source=_SRC_TSM, paper_metrics={"ssv2_top1_8x2x3": 61.2}
     ),
+}
+_TSM_R50_NL = {  # official README: dense sampling, 8 frames x 10 clips x 3 full-res crops
+    "k400": _K400["k400"].replace(
+        test_views=(10, 3), sampling="dense", frame_interval=8, paper_metrics={"k400_top1_dense_8x10x3": 75.6}
+    )
 }
 _K400_CI = {"synthetic": _cfg(num_frames=8, input_size=64, num_classes=10, test_resize=64)}
 _BGR = dict(channel_order="BGR", value_range=255.0, mean=BNINCEPTION_MEAN, std=BNINCEPTION_STD)
@@ -302,8 +315,13 @@ def tsn_resnet(depth: int, **kwargs) -> Recognizer2D:
     return _resnet_recognizer(depth, **kwargs)
 
 
+# TSM-NL (ops/non_local.py): non-local blocks after res3 blocks 0, 2 and res4 blocks 0, 2, 4
+NON_LOCAL_BLOCKS = {2: (0, 2), 3: (0, 2, 4)}
+
+
 def tsm_resnet(depth: int, shift_div=8, shift_place="residual", causal=False, temporal_pool=False, **kwargs):
-    bb = {k: kwargs.pop(k) for k in ("base_width", "zero_init_residual") if k in kwargs}
+    bb = {k: kwargs.pop(k) for k in ("base_width", "zero_init_residual", "non_local", "non_local_blocks")
+          if k in kwargs}  # fmt: skip
     return _resnet_recognizer(
         depth, **kwargs, **_tsm_kwargs(depth, shift_div, shift_place, causal, temporal_pool, **bb)
     )
@@ -343,6 +361,14 @@ def tsm_r50(**kwargs):
 def tsm_r101(**kwargs):
     """TSM ResNet-101 (shift in every other block, as released)."""
     return tsm_resnet(101, **kwargs)
+
+
+@register_model(cfgs=_TSM_R50_NL)
+def tsm_r50_nl(**kwargs):
+    """TSM ResNet-50 with 5 embedded-Gaussian non-local blocks (after res3 blocks 0, 2 and res4
+    blocks 0, 2, 4), as released (``..._segment8_e100_dense_nl``: 75.6% K400, 8 frames x 10 clips x
+    3 crops). No online variant: non-local blocks see the whole clip."""
+    return tsm_resnet(50, non_local=NonLocal3D, non_local_blocks=NON_LOCAL_BLOCKS, **kwargs)
 
 
 @register_model(cfgs={"": _cfg()})
@@ -436,6 +462,14 @@ def test_tsm(shift_div: int = 8, shift_place: str = "residual", temporal_pool: b
 
 
 @register_model(cfgs=_K400_CI)
+def test_tsm_nl(**kwargs):
+    """Tiny TSM-NL (ResNet-18 layout with 3 / 5 blocks in stages 2 / 3, width 8) for CI: non-local
+    blocks at the released positions."""
+    nl = dict(non_local=NonLocal3D, non_local_blocks=NON_LOCAL_BLOCKS, layers=(1, 3, 5, 1))
+    return _resnet_recognizer_tiny(**_tsm_kwargs(18, **nl), **kwargs)
+
+
+@register_model(cfgs=_K400_CI)
 def test_tsm_online(shift_div: int = 8, **kwargs):
     """Tiny causal TSM for streaming tests/demos."""
     return _resnet_recognizer_tiny(**_tsm_kwargs(18, shift_div, causal=True), **kwargs)
@@ -464,8 +498,9 @@ def test_gsm_inceptionv3(variant: str = "cuhk", causal: bool = False, **kwargs):
 
 
 def _resnet_recognizer_tiny(
-    num_classes=10, num_frames=8, dropout=0.5, partial_bn=False, channels_last=False, block="basic", **bb
-):
+    num_classes=10, num_frames=8, dropout=0.5, partial_bn=False, channels_last=False, block="basic",
+    layers=(1, 1, 1, 1), **bb,
+):  # fmt: skip
     blk = BasicBlock if block == "basic" else Bottleneck
-    backbone = ResNet(blk, (1, 1, 1, 1), num_classes=0, num_frames=num_frames, **{**_TINY, **bb})
+    backbone = ResNet(blk, layers, num_classes=0, num_frames=num_frames, **{**_TINY, **bb})
     return Recognizer2D(backbone, num_classes, num_frames, dropout, partial_bn, channels_last)
