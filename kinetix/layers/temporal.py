@@ -340,28 +340,37 @@ def _sampling_grid(offset: torch.Tensor, kernel_size: int, dilation: int, h: int
 
 
 def inter_frame_attention(
-    f: torch.Tensor, offset: torch.Tensor, kernel_size: int = 3, dilation: int = 1
+    f: torch.Tensor, offset: torch.Tensor, kernel_size: int = 3, dilation: int = 1, last_frame: str = "none"
 ) -> torch.Tensor:
     """SIFA deformable inter-frame aggregation (released-code semantics), pure PyTorch.
 
     Args:
         f: features ``(N, C, T, H, W)`` (query = key = value, no projections).
         offset: ``(N, 2K², T, H, W)``; ``offset[:, :, t]`` deforms the taps sampled from frame t.
+        last_frame: ``"none"`` (released: the last frame gets zeros) or ``"self"`` (the paper: the
+            last frame attends to its own deformed neighbourhood, with its own offsets).
     Returns:
         ``(N, C, T, H, W)``: frame t gets ``sum_k w_k * f_{t+1}(p + p_k + Δp_k)`` with
-        ``w_k = mean_c f_t(p) * f_{t+1}(p + p_k + Δp_k)``; the last frame gets zeros.
-        (The released block adds this to ``f``.)
+        ``w_k = mean_c f_t(p) * f_{t+1}(p + p_k + Δp_k)``. (The released block adds this to ``f``.)
     """
+    if last_frame not in ("none", "self"):
+        raise ValueError(f"last_frame must be 'none' or 'self', got {last_frame!r}")
     n, c, t, h, w = f.shape
     k2 = kernel_size * kernel_size
-    grid = _sampling_grid(offset[:, :, 1:], kernel_size, dilation, h, w)  # keys: frames 1..T-1
-    src = f[:, :, 1:].transpose(1, 2).reshape(n * (t - 1), c, h, w)  # (N*(T-1), C, H, W)
+    if last_frame == "self":  # keys: frames 1..T-1 then T-1 again; queries: every frame
+        keys, queries = torch.cat([f[:, :, 1:], f[:, :, -1:]], 2), f
+        offset = torch.cat([offset[:, :, 1:], offset[:, :, -1:]], 2)
+    else:  # keys: frames 1..T-1; queries: frames 0..T-2
+        keys, queries, offset = f[:, :, 1:], f[:, :, :-1], offset[:, :, 1:]
+    tk = keys.shape[2]
+    grid = _sampling_grid(offset, kernel_size, dilation, h, w)
+    src = keys.transpose(1, 2).reshape(n * tk, c, h, w)  # (N*Tk, C, H, W)
     v = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-    v = v.view(n, t - 1, c, k2, h, w)  # sampled keys/values of frame t+1
-    q = f[:, :, :-1].transpose(1, 2).unsqueeze(3)  # queries: frames 0..T-2, (N, T-1, C, 1, H, W)
-    weight = (q * v).mean(2, keepdim=True)  # (N, T-1, 1, K², H, W): 1/C dot product, no softmax
-    agg = (weight * v).sum(3).transpose(1, 2)  # (N, C, T-1, H, W)
-    return F.pad(agg, (0, 0, 0, 0, 0, 1))  # last frame: nothing
+    v = v.view(n, tk, c, k2, h, w)  # sampled keys/values of frame t+1
+    q = queries.transpose(1, 2).unsqueeze(3)  # (N, Tk, C, 1, H, W)
+    weight = (q * v).mean(2, keepdim=True)  # (N, Tk, 1, K², H, W): 1/C dot product, no softmax
+    agg = (weight * v).sum(3).transpose(1, 2)  # (N, C, Tk, H, W)
+    return agg if tk == t else F.pad(agg, (0, 0, 0, 0, 0, 1))  # released: the last frame gets nothing
 
 
 class InterFrameAttention(nn.Module):
