@@ -13,6 +13,7 @@ from kinetix.layers.temporal import NonLocal3D, TemporalShift
 from kinetix.models import create_model, load_checkpoint
 from kinetix.models._complexity import model_complexity
 from kinetix.models.recognizer2d import StreamingRecognizer, _resnet_recognizer_tiny, _tsm_kwargs
+from kinetix.models.resnet import BasicBlock, ResNet, load_image_weights
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 
@@ -150,3 +151,14 @@ def test_official_checkpoint_converts_and_matches_reference(tmp_path):
     torch.testing.assert_close(got, expected)
     assert (expected[0] - expected[1]).abs().max() > 1e-2 * expected.abs().max()
     assert sum(isinstance(m, TemporalShift) for m in dst.modules()) == 10
+
+
+def test_imagenet_resnet_weights_leave_only_non_local_at_init():
+    image = ResNet(BasicBlock, (1, 3, 5, 1), num_classes=1000, base_width=8).state_dict()
+    m = create_model("test_tsm_nl")
+    missing = load_image_weights(m, image)
+    assert (
+        missing and all(".non_local." in k for k in missing) and len(missing) == 5 * 12
+    )  # g/theta/phi/W.0 w+b, W.1 BN (4)
+    assert torch.equal(m.backbone.layer3[4].conv1.weight,
+                       image["layer3.4.conv1.weight"])  # fmt: skip
