@@ -181,7 +181,7 @@ def test_torchvision_variant_size_and_imagenet_file(tmp_path):
         load_checkpoint(create_model("tsn_inceptionv3", num_classes=5), tmp_path / "inception_v3_google.pth")
 
 
-def test_cuhk_imagenet_file_into_gsm():
+def test_cuhk_imagenet_file_into_gsm(tmp_path):
     """The Caffe ImageNet file (official ids, (1, C) BN tensors, ``top_cls_fc``) initialises GSM; only
     the GSM modules stay at their initialisation."""
     ref = _OfficialGSMInceptionV3(div=8, num_frames=1, gsm=False)
@@ -191,8 +191,10 @@ def test_cuhk_imagenet_file_into_gsm():
     m = create_model("test_gsm_inceptionv3", num_frames=1)
     missing = load_image_weights(m, sd)
     assert missing and all(".temporal." in k for k in missing) and len(missing) == 10 * 6
-    tsn = create_model("test_tsn_inceptionv3", num_frames=1)
-    load_image_weights(tsn, sd)
+    torch.save(sd, tmp_path / "inceptionv3-cuhk.pth")  # what `kinetix convert` reads
+    tsn = load_checkpoint(
+        create_model("test_tsn_inceptionv3", num_frames=1), tmp_path / "inceptionv3-cuhk.pth"
+    )
     x = torch.randn(1, 3, 75, 75, dtype=torch.double) * 40
     torch.testing.assert_close(tsn.double().eval().backbone.forward_features(x).mean((2, 3)), ref(x))
 
