@@ -186,6 +186,11 @@ _MM_RESNET = [  # mmaction2 ResNet (ConvModule) -> torchvision names
     (r"\.downsample\.conv\.", ".downsample.0."),
     (r"\.downsample\.bn\.", ".downsample.1."),
     (r"^cls_head\.fc_cls\.", "fc."),
+    # mmcv NonLocal3d in mmaction2's NL3DWrapper (``non_local_block``; ``conv_out`` has no bias)
+    (r"\.non_local_block\.(g|phi)\.0\.conv\.", r".non_local.\1."),
+    (r"\.non_local_block\.theta\.conv\.", ".non_local.theta."),
+    (r"\.non_local_block\.conv_out\.conv\.", ".non_local.W.0."),
+    (r"\.non_local_block\.conv_out\.bn\.", ".non_local.W.1."),
 ]
 
 
@@ -198,7 +203,7 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: Recognizer2
       Inception-v3 ids ``mixed_4_tower_conv_1_Conv2D`` / ``..._batchnorm`` / ``gsm_<conv id>`` map to
       torchvision names; TSM non-local blocks ``layerX.Y.block.*`` / ``layerX.Y.nl.*``);
     - mmaction2 TSN/TSM (``backbone.conv1.conv``, ``convK.bn``, ``downsample.conv/bn``,
-      ``cls_head.fc_cls``);
+      ``cls_head.fc_cls``; TSM-NL ``layerX.Y.block.*`` / ``layerX.Y.non_local_block.*``);
     - 2D ImageNet files (torchvision ResNet / Caffe BN-Inception): loaded into the backbone with
       :func:`~kinetix.models.resnet.load_image_weights`, the classifier keeps its initialisation.
     """
@@ -232,6 +237,9 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: Recognizer2
         if k in own and own[k].shape != v.shape and own[k].numel() == v.numel():
             v = v.reshape(own[k].shape)  # e.g. BN tensors stored as (1, C) by Caffe converters
         out[k] = v
+    for k in own:  # mmcv's NonLocal3d output conv has no bias (a zero bias here)
+        if k.endswith(".non_local.W.0.bias") and k not in out and k.replace(".bias", ".weight") in out:
+            out[k] = torch.zeros_like(own[k], device=out[k.replace(".bias", ".weight")].device)
     return out
 
 

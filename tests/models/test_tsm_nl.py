@@ -111,6 +111,60 @@ def _official_tsm_nl(model):
     return out
 
 
+def _mmaction2_tsm_nl(model):
+    """kinetix TSM-NL -> mmaction2 ``ResNetTSM`` with ``NL3DWrapper`` (mmcv ``NonLocal3d``: ``g.0.conv``,
+    ``theta.conv``, ``phi.0.conv``, ``conv_out.conv`` without bias, ``conv_out.bn``)."""
+    out = {}
+    for k, v in model.state_dict().items():
+        if k.startswith("fc."):
+            out["cls_head.fc_cls." + k[3:]] = v
+            continue
+        k = k.removeprefix("backbone.")
+        m = re.match(r"^(layer\d\.\d+)\.non_local\.(.*)$", k)
+        if m:
+            if m[2] == "W.0.bias":
+                continue
+            tail = {"g.": "g.0.conv.", "phi.": "phi.0.conv.", "theta.": "theta.conv.", "W.0.": "conv_out.conv.",
+                    "W.1.": "conv_out.bn."}  # fmt: skip
+            pre = next(p for p in tail if m[2].startswith(p))
+            out[f"backbone.{m[1]}.non_local_block.{tail[pre]}{m[2][len(pre) :]}"] = v
+            continue
+        k = re.sub(r"^conv1\.", "conv1.conv.", k)
+        k = re.sub(r"^bn1\.", "conv1.bn.", k)
+        k = re.sub(r"\.conv(\d)\.", r".conv\1.conv.", k).replace(".conv1.conv.", ".conv1.conv.net.")
+        k = re.sub(r"\.bn(\d)\.", r".conv\1.bn.", k)
+        k = k.replace("downsample.0.", "downsample.conv.").replace("downsample.1.", "downsample.bn.")
+        if re.match(r"^(layer2\.[02]|layer3\.[024])\.", k):
+            k = re.sub(r"^(layer\d\.\d+)\.", r"\1.block.", k)
+        out["backbone." + k] = v
+    return out
+
+
+def test_mmaction2_layout_converts(tmp_path):
+    src = create_model("test_tsm_nl", num_frames=4).eval()
+    torch.nn.init.normal_(src.fc.weight, std=0.5)
+    for m in src.modules():
+        if isinstance(m, NonLocal3D):
+            torch.nn.init.normal_(m.W[1].weight)
+            torch.nn.init.zeros_(m.W[0].bias)  # mmcv: no bias in conv_out
+    sd = _mmaction2_tsm_nl(src)
+    assert "backbone.layer3.4.non_local_block.conv_out.bn.running_var" in sd
+    assert (
+        "backbone.layer2.0.block.conv1.conv.net.weight" in sd
+        and "backbone.layer2.1.conv1.conv.net.weight" in sd
+    )
+    torch.save({"meta": {}, "state_dict": sd}, tmp_path / "mm.pth")
+    dst = load_checkpoint(create_model("test_tsm_nl", num_frames=4), tmp_path / "mm.pth").eval()
+    x = torch.randn(1, 3, 4, 64, 64)
+    with torch.no_grad():
+        y = src(x)
+        torch.testing.assert_close(dst(x), y)
+        for m in src.modules():  # the non-local terms matter in this comparison
+            if isinstance(m, NonLocal3D):
+                torch.nn.init.zeros_(m.W[1].weight)
+        assert (src(x) - y).abs().max() > 1e-2 * y.abs().max()
+
+
 def test_official_checkpoint_converts_and_matches_reference(tmp_path):
     src = create_model("test_tsm_nl", num_frames=4).train()
     x = torch.randn(2, 3, 4, 64, 64)
