@@ -72,8 +72,10 @@ class Recognizer2D(nn.Module):
         self.head_drop = nn.Dropout(dropout)
         self.fc = nn.Linear(self.num_features, num_classes)
         self._init_fc()
-        if channels_last:
-            self.to(memory_format=torch.channels_last)
+        if channels_last:  # 4-D conv weights only (GSM / non-local Conv3d weights are 5-D)
+            for m in self.modules():
+                if isinstance(m, nn.Conv2d):
+                    m.to(memory_format=torch.channels_last)
 
     def _init_fc(self):
         nn.init.normal_(self.fc.weight, 0, 0.001)
