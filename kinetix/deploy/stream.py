@@ -25,6 +25,7 @@ wires that to real sources:
 from __future__ import annotations
 
 import collections
+import copy
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -34,6 +35,7 @@ from pathlib import Path
 import av
 import numpy as np
 import torch
+import torch.nn as nn
 from PIL import Image, ImageDraw
 
 from kinetix.config import config_from_dict
@@ -43,7 +45,8 @@ from kinetix.engine.checkpoint import MODEL_FILE, resolve_checkpoint
 from kinetix.engine.datamodule import resolve_data_settings
 from kinetix.errors import CheckpointError, ConfigError, KinetixError
 from kinetix.models import create_model
-from kinetix.models.recognizer2d import StreamingRecognizer
+from kinetix.models.recognizer2d import Recognizer2D, StreamingRecognizer
+from kinetix.models.resnet import BasicBlock, Bottleneck, ResNet
 from kinetix.utils.state_dict import read_safetensors_metadata
 
 __all__ = [
@@ -57,6 +60,7 @@ __all__ = [
     "StreamStats",
     "TorchBackend",
     "draw_label",
+    "fuse_conv_bn",
     "load_stream_model",
     "make_backend",
     "open_source",
@@ -258,14 +262,63 @@ class FramePreprocess:
         return x.transpose(0, 1)  # (1, C, h, w)
 
 
+def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """``bn(conv(x))`` as one conv (eval-mode BN statistics folded into the weights)."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # (C_out,)
+    fused = nn.Conv2d(
+        conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+        conv.dilation, conv.groups, bias=True,
+    )  # fmt: skip
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    with torch.no_grad():
+        fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+        fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
+    return fused
+
+
+def fuse_conv_bn(model: nn.Module) -> nn.Module:
+    """An inference copy of ``model`` with every BatchNorm2d that directly follows a conv folded
+    into it: consecutive (Conv2d, BatchNorm2d) children of an ``nn.Sequential`` (MobileNetV2,
+    ResNet downsampling) and the ``convK`` -> ``bnK`` pairs of ResNet stems and blocks when no
+    temporal layer sits between them. The copy must not be trained."""
+    model = copy.deepcopy(model).eval()
+    for mod in model.modules():
+        if isinstance(mod, nn.Sequential):
+            kids = list(mod)
+            for i in range(len(kids) - 1):
+                if isinstance(kids[i], nn.Conv2d) and isinstance(kids[i + 1], nn.BatchNorm2d):
+                    mod[i], mod[i + 1] = _fold(kids[i], kids[i + 1]), nn.Identity()
+        elif isinstance(mod, BasicBlock | Bottleneck | ResNet):
+            for k in (1, 2, 3):
+                conv, bn = getattr(mod, f"conv{k}", None), getattr(mod, f"bn{k}", None)
+                between = getattr(mod, "temporal_mid", None) if k == 1 else None
+                if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and (
+                    between is None or isinstance(between, nn.Identity)
+                ):
+                    setattr(mod, f"conv{k}", _fold(conv, bn))
+                    setattr(mod, f"bn{k}", nn.Identity())
+    return model
+
+
 class TorchBackend:
     """Eager PyTorch: a causal recogniser run by :class:`StreamingRecognizer` (one frame, its
-    shift caches inside the model). ``step((1, C, H, W)) -> (num_classes,)`` logits."""
+    shift caches inside the model). ``step((1, C, H, W)) -> (num_classes,)`` logits.
+
+    ``optimize`` (default) runs an inference copy: BatchNorm folded into the convs before it and
+    channels_last memory (oneDNN's preferred layout for convolutions); same logits to float
+    rounding. The model itself is left untouched."""
 
     name = "torch"
 
-    def __init__(self, model: torch.nn.Module):
-        self.stream = StreamingRecognizer(model.eval())
+    def __init__(self, model: torch.nn.Module, optimize: bool = True):
+        model = model.eval()
+        if optimize and isinstance(model, Recognizer2D):
+            model = fuse_conv_bn(model)
+            for m in model.modules():  # 2D convs only (GSM's gate is a Conv3d)
+                if isinstance(m, nn.Conv2d):
+                    m.to(memory_format=torch.channels_last)
+            model.channels_last = True
+        self.stream = StreamingRecognizer(model)
 
     def step(self, frame: torch.Tensor) -> torch.Tensor:
         return self.stream(frame)[0]
@@ -331,20 +384,24 @@ def draw_label(frame: np.ndarray, text: str, right: str = "") -> np.ndarray:
 
 @dataclass
 class StreamStats:
-    """Counts and per-frame latencies (decode + preprocess + model, milliseconds) of a run."""
+    """Counts and per-frame latencies (decode + preprocess + model, milliseconds) of a run;
+    ``cpu_ms`` is the same span in this thread's CPU time (with one torch thread, the time on an
+    otherwise idle core: a steadier measure on a shared machine)."""
 
     frames_read: int = 0
     processed: int = 0
     dropped: int = 0
     seconds: float = 0.0
     latency_ms: list[float] = field(default_factory=list)
+    cpu_ms: list[float] = field(default_factory=list)
 
     @property
     def fps(self) -> float:
         return self.processed / self.seconds if self.seconds > 0 else 0.0
 
-    def percentile(self, q: float) -> float:
-        return float(np.percentile(self.latency_ms, q)) if self.latency_ms else float("nan")
+    def percentile(self, q: float, cpu: bool = False) -> float:
+        values = self.cpu_ms if cpu else self.latency_ms
+        return float(np.percentile(values, q)) if values else float("nan")
 
     def summary(self) -> str:
         return (
@@ -408,9 +465,10 @@ def run_stream(
     try:
         with torch.inference_mode():
             while max_frames is None or stats.frames_read < max_frames:
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.thread_time()
                 frame = next(frames, None)
                 read = time.perf_counter() - t0  # decode (a file) or wait + decode (a live source)
+                read_cpu = time.thread_time() - c0
                 if frame is None:
                     break
                 stats.frames_read += 1
@@ -423,10 +481,11 @@ def run_stream(
                         if writer is not None:
                             writer.write(draw_label(frame.rgb(), last, "(dropped)"))
                         continue
-                t2 = time.perf_counter()
+                t2, c2 = time.perf_counter(), time.thread_time()
                 logits = torch.as_tensor(backend.step(preprocess(frame))).reshape(-1)
                 label, prob = smoother.update(logits)
                 latency = 1000 * (time.perf_counter() - t2 + (0.0 if source.live else read))
+                stats.cpu_ms.append(1000 * (time.thread_time() - c2 + read_cpu))
                 stats.processed += 1
                 stats.latency_ms.append(latency)
                 stats.seconds = time.perf_counter() - start

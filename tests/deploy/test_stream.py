@@ -126,9 +126,10 @@ def http_stream(media):
         s.server_close()
 
 
-def _run(spec, media, **kw):
+def _run(spec, media, optimize=True, **kw):
     model, settings, names = load_stream_model(media["ckpt"], None)
-    return run_stream(open_source(spec, timeout=5), TorchBackend(model), FramePreprocess(settings), names, **kw)
+    backend = TorchBackend(model, optimize=optimize)
+    return run_stream(open_source(spec, timeout=5), backend, FramePreprocess(settings), names, **kw)
 
 
 def _offline_logits(media) -> torch.Tensor:
@@ -148,11 +149,14 @@ def _offline_logits(media) -> torch.Tensor:
 def test_file_stream_equals_offline_causal_model(media):
     ref = _offline_logits(media)
     assert (ref[1:] - ref[:1]).abs().max() > 1e-2 * ref.abs().max()  # frames give different logits
-    report = _run(str(media["mp4"]), media, smooth=3, keep_logits=True)
+    report = _run(str(media["mp4"]), media, optimize=False, smooth=3, keep_logits=True)
     assert report.ended == "end" and not report.failed
     got = torch.stack([r.logits for r in report.results])
     assert got.shape == ref.shape
     assert (got - ref).abs().max() <= 1e-5 * ref.abs().max()
+    # the default backend (BN folded, channels_last) agrees to float32 rounding
+    fast = torch.stack([r.logits for r in _run(str(media["mp4"]), media, keep_logits=True).results])
+    assert (fast - ref).abs().max() <= 1e-4 * ref.abs().max()
     # smoothed label: argmax of the mean of the last 3 frames' logits
     for i, r in enumerate(report.results):
         mean = ref[max(0, i - 2) : i + 1].mean(0)
@@ -311,6 +315,22 @@ def test_ctrl_c_ends_cleanly_with_the_summary(media, tmp_path):
     assert "5 frames processed" in report.stats.summary()
     with VideoReader(out) as r:  # the overlay is finalised and playable
         assert r.num_frames == 5
+
+
+@pytest.mark.parametrize("name", [MODEL, "test_tsm_online", "test_gsm"])
+def test_optimized_torch_backend_equals_the_eager_model(name):
+    kw = {"causal": True} if name == "test_gsm" else {}
+    clip = torch.randn(1, 3, 8, 64, 64)
+    model = _randomise(create_model(name, **kw), clip)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    plain, fast = TorchBackend(model, optimize=False), TorchBackend(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.stream.model.backbone.modules()) or name == "test_gsm"
+    with torch.inference_mode():
+        a = torch.stack([plain.step(clip[:, :, t]) for t in range(8)])
+        b = torch.stack([fast.step(clip[:, :, t]) for t in range(8)])
+    assert (a - b).abs().max() <= 1e-4 * a.abs().max()  # float32 rounding of the folded weights
+    for k, v in model.state_dict().items():  # the model itself is untouched
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
 
 
 def test_offline_models_and_unknown_backends_are_refused(media):
