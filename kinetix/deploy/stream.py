@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import collections
 import copy
-import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -38,11 +37,10 @@ import torch
 import torch.nn as nn
 from PIL import Image, ImageDraw
 
-from kinetix.config import config_from_dict
 from kinetix.data.io import FrameFolderReader, VideoWriter, frame_to_rgb
-from kinetix.data.transforms import test_transform
-from kinetix.engine.checkpoint import MODEL_FILE, resolve_checkpoint
+from kinetix.data.views import DataSettings, decode_short_side, test_view_transform
 from kinetix.engine.datamodule import resolve_data_settings
+from kinetix.engine.task import model_from_checkpoint
 from kinetix.errors import CheckpointError, ConfigError, KinetixError
 from kinetix.models import create_model
 from kinetix.models.recognizer2d import Recognizer2D, StreamingRecognizer
@@ -244,16 +242,17 @@ def open_source(spec: str, *, timeout: float = 10.0, folder_fps: float = 30.0) -
 
 
 class FramePreprocess:
-    """One frame -> model input ``(1, C, H, W)`` float, with the test-view transform of ``cfg``
-    (a ``PretrainedCfg`` or the engine's data settings): the short side is scaled to ``test_resize``
-    (``input_size * 256 / 224`` by default) on decode, then centre crop and normalisation — the same
-    pixels the test views of a clip give for that frame."""
+    """One frame -> model input ``(1, C, H, W)`` float, through the test-view path of
+    :mod:`kinetix.data.views` with one centre crop: decode with the short side at
+    :func:`~kinetix.data.views.decode_short_side`, then :func:`~kinetix.data.views.test_view_transform`
+    — the same pixels the test views of a clip give for that frame. ``settings``: the engine's
+    :class:`~kinetix.data.views.DataSettings`, or a model's ``PretrainedCfg``."""
 
-    def __init__(self, cfg):
-        self.resize = cfg.test_resize or cfg.input_size * 256 // 224
-        self.transform = test_transform(
-            cfg.input_size, cfg.mean, cfg.std, cfg.channel_order, cfg.value_range, resize=self.resize, crops=1
-        )
+    def __init__(self, settings):
+        if not isinstance(settings, DataSettings):
+            settings = resolve_data_settings(settings, None)
+        self.resize = decode_short_side(settings)
+        self.transform = test_view_transform(settings, crops=1)
 
     def __call__(self, frame: SourceFrame | np.ndarray) -> torch.Tensor:
         img = frame.rgb(self.resize) if isinstance(frame, SourceFrame) else frame
@@ -517,31 +516,21 @@ def run_stream(
 
 def load_stream_model(checkpoint: str | Path | None, model_name: str | None):
     """``(model, data settings, class_names)`` from a kinetix checkpoint (folder, run folder or
-    ``model.safetensors``: the model name, its arguments, data settings and class names come from
-    it) or a registered model (``model_name``, with ``checkpoint`` a weights file for it, e.g. a
-    converted official checkpoint)."""
+    ``model.safetensors``: the model, its arguments, data settings and class names come from it,
+    as for ``kinetix predict``) or a registered model (``model_name``, with ``checkpoint`` a weights
+    file for it). A weights file written by ``kinetix convert`` names its model itself."""
     if checkpoint is None and model_name is None:
         raise ConfigError("pass --checkpoint CKPT (a trained kinetix checkpoint) or --model NAME")
-    cfg, class_names = None, None
     if checkpoint is None:
-        model = create_model(model_name, pretrained=True)
+        model, cfg, names = create_model(model_name, pretrained=True).eval(), None, None
     else:
         path = Path(checkpoint)
         if not path.exists():
             raise CheckpointError(f"{path}: no such checkpoint. Check the path.")
-        weights = path if path.is_file() else resolve_checkpoint(path) / MODEL_FILE
-        meta = read_safetensors_metadata(weights) if weights.suffix == ".safetensors" else {}
-        class_names = json.loads(meta["class_names"]) if meta.get("class_names") else None
-        if meta.get("config"):
-            cfg = config_from_dict(json.loads(meta["config"]), str(weights))
-        name = model_name or (cfg.model.name if cfg is not None else None) or meta.get("kinetix_model")
-        if name is None:
-            raise CheckpointError(f"{weights}: does not say which model it is; pass --model NAME")
-        kwargs = dict(cfg.model.kwargs) if cfg is not None and model_name is None else {}
-        if cfg is not None and cfg.model.num_frames is not None and model_name is None:
-            kwargs["num_frames"] = cfg.model.num_frames
-        if class_names:
-            kwargs["num_classes"] = len(class_names)
-        model = create_model(name, checkpoint=str(weights), **kwargs)
-    settings = resolve_data_settings(model.pretrained_cfg, cfg.data if cfg is not None else None)
-    return model.eval(), settings, class_names
+        if model_name is None and path.is_file() and path.suffix == ".safetensors":
+            meta = read_safetensors_metadata(path)
+            if not meta.get("config"):  # converted / saved weights: the model name is in the metadata
+                model_name = meta.get("kinetix_model")
+        model, cfg, names = model_from_checkpoint(path, model_name)
+    settings = resolve_data_settings(model.pretrained_cfg, cfg.data if cfg else None, cfg.eval if cfg else None)
+    return model, settings, names
