@@ -1,0 +1,1 @@
+"""Deployment: export, inference backends and live streaming (:mod:`kinetix.deploy.stream`)."""
