@@ -214,27 +214,16 @@ def test(cfg, checkpoint: str | Path, out_dir: str | Path | None = None, **optio
     return task.evaluate(cfg, checkpoint, out_dir, **options)
 
 
-def predict(
-    videos,
-    checkpoint: str | Path | None = None,
-    model_name: str | None = None,
-    *,
-    topk: int = 5,
-    views: tuple[int, int] | None = None,
-    aggregate: str = "logits",
-) -> list[dict]:
-    """Top-k predictions for video files from a kinetix checkpoint (folder, run folder or
+def load_classifier(checkpoint: str | Path | None = None, model_name: str | None = None):
+    """``(model, class_names or None, data settings)`` from a kinetix checkpoint (folder, run folder or
     ``model.safetensors``: model, classes and data settings come from it) or from a registered
-    model's published weights (``model_name``; with ``checkpoint`` a weights file for it)."""
+    model's published weights (``model_name``; with ``checkpoint`` a weights file for it). The model
+    is in eval mode."""
     from kinetix.models import create_model
     from kinetix.utils.state_dict import read_safetensors_metadata
 
-    from .classification import predict_videos
     from .datamodule import resolve_data_settings
 
-    missing = [str(v) for v in videos if not Path(v).exists()]
-    if missing:
-        raise ConfigError(f"no such video: {', '.join(missing)}")
     if checkpoint is None and model_name is None:
         raise ConfigError("pass --checkpoint CKPT (a trained kinetix checkpoint) or --model NAME")
     class_names = None
@@ -261,7 +250,27 @@ def predict(
     else:
         model = create_model(model_name, pretrained=True)
     data_cfg = cfg.data if cfg is not None else None
-    settings = resolve_data_settings(model.pretrained_cfg, data_cfg, None)
+    return model.eval(), class_names, resolve_data_settings(model.pretrained_cfg, data_cfg, None)
+
+
+def predict(
+    videos,
+    checkpoint: str | Path | None = None,
+    model_name: str | None = None,
+    *,
+    topk: int = 5,
+    views: tuple[int, int] | None = None,
+    aggregate: str = "logits",
+) -> list[dict]:
+    """Top-k predictions for video files from a kinetix checkpoint (folder, run folder or
+    ``model.safetensors``: model, classes and data settings come from it) or from a registered
+    model's published weights (``model_name``; with ``checkpoint`` a weights file for it)."""
+    from .classification import predict_videos
+
+    missing = [str(v) for v in videos if not Path(v).exists()]
+    if missing:
+        raise ConfigError(f"no such video: {', '.join(missing)}")
+    model, class_names, settings = load_classifier(checkpoint, model_name)
     if views is not None:
         settings = settings.__class__(**{**settings.__dict__, "test_views": tuple(views)})
     return predict_videos(model, videos, settings, class_names, topk, aggregate)
