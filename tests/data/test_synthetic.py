@@ -182,7 +182,7 @@ def test_temporal_mask_matches_the_rendered_pixels(name):
 
 def test_load_temporal_mask_matches_the_decoded_video(temporal):
     out, _ = temporal
-    for line in (out / "val.txt").read_text().splitlines()[:4]:
+    for line in (out / "train.txt").read_text().splitlines()[:4]:
         rel = line.split()[0]
         mask = load_temporal_mask(out, out / rel)  # (T, H, W)
         with VideoReader(out / rel) as r:
