@@ -19,6 +19,7 @@ from .api import (
     mask_for_view,
     mask_mass_share,
     methods_for,
+    write_comparison,
     write_explanation,
 )
 from .attention import attention_maps, attention_rollout, stage_matrix
@@ -43,5 +44,6 @@ __all__ = [
     "offset_blocks",
     "offset_field",
     "stage_matrix",
+    "write_comparison",
     "write_explanation",
 ]

@@ -243,21 +243,34 @@ def mask_for_view(mask: np.ndarray, indices: np.ndarray, settings) -> np.ndarray
     return m[..., 0].numpy() >= 0.5
 
 
-def write_explanation(expl: Explanation, out_dir: str | Path, fps: float = 4.0, min_side: int = 128) -> dict:
-    """``<stem>_<method>.mp4`` and ``.png`` in ``out_dir`` -> ``{"mp4": path, "png": path}``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"{Path(expl.video).stem}_{expl.method}"
+def _panels(expl: Explanation, min_side: int) -> list[tuple[str, np.ndarray]]:
+    """``[(map label, overlay frames (T, H', W', 3))]``, frames enlarged to ``min_side``."""
     frames = upscale(expl.frames, min_side)
-    panels = []
+    out = []
     for k, m in expl.maps.items():
         colours = expl.colours.get(k)
         colours = colourise(m) if colours is None else colours
-        panels.append((k, blend(frames, upscale(colours, min_side), upscale(m[..., None], min_side)[..., 0])))
-    caption = f"{expl.target_name} {expl.score:.2f}" if expl.score is not None else ""
-    videos = [label_frames(frames, caption or expl.method)] + [label_frames(p, k) for k, p in panels]
-    gap = np.full((*frames.shape[:2], 4, 3), 255, np.uint8)
-    strip = np.concatenate([x for v in videos for x in (v, gap)][:-1], axis=2)  # (T, H, W', 3)
+        out.append((k, blend(frames, upscale(colours, min_side), upscale(m[..., None], min_side)[..., 0])))
+    return out
+
+
+def _strip(videos: list[np.ndarray]) -> np.ndarray:
+    """Side by side, 4 white pixels apart: ``[(T, H, W_i, 3)] -> (T, H, sum W_i + gaps, 3)``."""
+    gap = np.full((*videos[0].shape[:2], 4, 3), 255, np.uint8)
+    return np.concatenate([x for v in videos for x in (v, gap)][:-1], axis=2)
+
+
+def _caption(expl: Explanation) -> str:
+    return f"'{expl.target_name}' {expl.score:.2f}" if expl.score is not None else expl.method
+
+
+def write_explanation(expl: Explanation, out_dir: str | Path, fps: float = 4.0, min_side: int = 128) -> dict:
+    """``<stem>_<method>.mp4`` and ``.png`` in ``out_dir`` -> ``{"mp4": path, "png": path}``."""
+    out = Path(out_dir)
+    stem = f"{Path(expl.video).stem}_{expl.method}"
+    frames = upscale(expl.frames, min_side)
+    panels = _panels(expl, min_side)
+    strip = _strip([label_frames(frames, _caption(expl))] + [label_frames(p, k) for k, p in panels])
     mp4 = write_video(out / f"{stem}.mp4", strip, fps=fps, crf=18)
     title = f"{Path(expl.video).name}: {expl.method}"
     if expl.score is not None:
@@ -265,6 +278,25 @@ def write_explanation(expl: Explanation, out_dir: str | Path, fps: float = 4.0, 
     title += f". {expl.note}"
     rows = [("input", frames), *panels]
     png = save_png(grid_image(rows, [f"frame {i}" for i in expl.frame_indices], title), out / f"{stem}.png")
+    return {"mp4": mp4, "png": png}
+
+
+def write_comparison(
+    expls: dict[str, Explanation], out_dir: str | Path, stem: str, title: str = "", fps: float = 4.0,
+    min_side: int = 128,
+) -> dict:  # fmt: skip
+    """Several models on the same video (``{model label: Explanation}``, same frames): ``stem.png``
+    with the input and each model's first map as rows, ``stem.mp4`` with them side by side."""
+    out = Path(out_dir)
+    first = next(iter(expls.values()))
+    frames = upscale(first.frames, min_side)
+    rows, videos = [("input", frames)], [label_frames(frames, "input")]
+    for label, e in expls.items():
+        name, panel = _panels(e, min_side)[0]
+        rows.append((f"{label} {name}: {_caption(e)}", panel))
+        videos.append(label_frames(panel, f"{label} {_caption(e)}"))
+    mp4 = write_video(out / f"{stem}.mp4", _strip(videos), fps=fps, crf=18)
+    png = save_png(grid_image(rows, [f"frame {i}" for i in first.frame_indices], title), out / f"{stem}.png")
     return {"mp4": mp4, "png": png}
 
 
