@@ -150,7 +150,10 @@ def explain_clip(model: nn.Module, clip: torch.Tensor, method: str, target=None)
         return maps, {}, logits[0], note
     if method == "offsets":
         flow, logits, block = offset_field(model, x)
-        return {}, {"offsets": flow[0]}, logits[0], f"SIFA offsets of {block}: mean tap shift, colour = direction"
+        note = f"SIFA offsets of {block}: mean tap shift, colour = direction"
+        if not flow.any():
+            note += " (all zero: conv_offset starts at zero and is not trained yet)"
+        return {}, {"offsets": flow[0]}, logits[0], note
     raise ConfigError(f"unknown method {method!r}; one of {', '.join(METHODS)}")
 
 

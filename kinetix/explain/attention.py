@@ -61,6 +61,7 @@ class _Encoder:
     num_prefix: int
     layout: str
     batch: int = 1
+    frames_as_images: bool = False  # joint blocks over one frame: their stage is spatial
 
 
 def stage_matrix(
@@ -141,11 +142,12 @@ def _encoders(model: nn.Module, grid: tuple[int, int, int]) -> list[_Encoder]:
     t, h, w = grid
     if isinstance(model, TimeSformer):
         if model.attention == "space":
-            return [_Encoder(blocks, (1, h, w), 1, "time_major", batch=t)]
+            return [_Encoder(blocks, (1, h, w), 1, "time_major", batch=t, frames_as_images=True)]
         return [_Encoder(blocks, grid, 1, "space_major")]
     if isinstance(model, ViViT):
         if model.model == 2:
-            encs = [_Encoder(blocks, (1, h, w), model.num_prefix_tokens, "time_major", batch=t)]
+            encs = [_Encoder(blocks, (1, h, w), model.num_prefix_tokens, "time_major", batch=t,
+                             frames_as_images=True)]  # fmt: skip
             if hasattr(model, "temporal_blocks"):
                 tb = [(f"temporal_blocks.{i}", b) for i, b in enumerate(model.temporal_blocks)]
                 encs.append(_Encoder(tb, (t, 1, 1), 1, "time_major"))
@@ -178,6 +180,7 @@ def _last_cls_rows(log: AttentionLog, enc: _Encoder) -> list[tuple[str, torch.Te
     name, blk = enc.blocks[-1]
     out = []
     for stage, M, with_prefix in _block_stages(log, name, blk, enc):
+        stage = "space" if enc.frames_as_images else stage
         if enc.num_prefix and with_prefix:
             out.append((f"{stage} (CLS)", M[:, 0]))
         else:  # no CLS in this stage: the attention each token receives, mean over patch queries

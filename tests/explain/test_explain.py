@@ -285,3 +285,40 @@ def test_cli_explain(synth, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["explain", "--help"])
     assert e.value.code == 0 and "examples:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [
+        ("test_timesformer", {}),
+        ("test_timesformer", {"attention": "axial"}),
+        ("test_vivit", {"model": 3}),
+        ("test_vivit", {"model": 3, "order": ("time", "space")}),
+        ("test_vivit", {"model": 4}),
+    ],
+)
+def test_stage_matrices_follow_the_token_layout(name, kwargs):
+    """Every stage matrix is row-stochastic and only mixes patch tokens that share the grid
+    coordinates the stage does not attend over (coordinates from spacetime.token_coords)."""
+    from kinetix.explain.attention import _block_stages, _encoders
+    from kinetix.layers.spacetime import token_coords
+
+    model = _randomise(create_model(name, **kwargs))
+    _, log, grid = record(model, _clip(model))
+    enc = _encoders(model, grid)[0]
+    P = enc.num_prefix
+    coords = token_coords(grid, enc.layout)  # (N, 3) t, h, w
+    free = {"time": "t", "space": "hw", "width": "w", "height": "h", "time+space": "thw"}
+    seen = []
+    for bname, blk in enc.blocks:
+        for stage, M, _ in _block_stages(log, bname, blk, enc):
+            seen.append(stage)
+            torch.testing.assert_close(M.sum(-1), torch.ones(M.shape[:2]))
+            fixed = [i for i, a in enumerate("thw") if a not in free[stage]]
+            same = (coords[:, None, fixed] == coords[None, :, fixed]).all(-1)  # (N, N)
+            if stage == "time+space":  # Model 4: time heads OR space heads
+                same = (coords[:, None, 1:] == coords[None, :, 1:]).all(-1) | (coords[:, None, 0] == coords[None, :, 0])
+            assert (M[0, P:, P:][~same] == 0).all() and (M[0, P:, P:][same] > 0).all(), stage
+    order = kwargs.get("order", ("space", "time")) if name == "test_vivit" and kwargs["model"] == 3 else None
+    if order:
+        assert seen[:2] == list(order)
