@@ -34,7 +34,8 @@ def register(sub) -> None:
     p.add_argument("--method", choices=("gradcam", "attention", "rollout", "offsets", "tokens"),
                    help="what to show (default: the model family's first method)")  # fmt: skip
     p.add_argument("--class", dest="class_name", metavar="NAME",
-                   help="class to explain with Grad-CAM (default: the predicted class)")  # fmt: skip
+                   help="class to explain (default: the predicted class); Grad-CAM maps depend on it, "
+                   "attention maps do not (only the score shown changes)")  # fmt: skip
     p.set_defaults(func=run)
 
 

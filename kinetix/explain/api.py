@@ -185,6 +185,8 @@ def explain_video(
     method = _check_method(model, method)
     model.eval()
     if method == "tokens":
+        if class_name is not None:
+            raise ConfigError("--class does not apply to EVAD's kept tokens (they do not depend on a class)")
         return _explain_tokens(model, video, settings)
     one = replace(settings, test_views=(1, 1))
     view = load_clip_views(video, one)[0]  # (C, T, H, W): the view `kinetix test --views 1x1` scores
