@@ -234,9 +234,12 @@ def run_demo(
             f" [{t_train:.0f} s]"
         )
     log("[3/3] explaining the models and writing the report")
+    t0 = time.time()
     pictures = _explain(out, synth, results)
+    t_explain = time.time() - t0
     report = _report(out, mode, seed, preset, synth, results, t_data, time.time() - t_start)
     report["explain"] = pictures
+    report["seconds"]["explain"] = round(t_explain, 1)
     _plots(out, results, curves)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "report.md").write_text(_markdown(report))
