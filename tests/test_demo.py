@@ -97,3 +97,24 @@ def _check_html_and_pictures(out):
         assert 0 <= x["mask_mass_share"] <= 100 and 0 < x["uniform_share"] < 100
     md = (out / "report.md").read_text()
     assert "## What the models look at" in md and pics[0]["png"] in md
+    _screenshot(out)
+
+
+def _screenshot(out):
+    """Where a headless Chromium is installed: the page renders with its pictures (many colours)."""
+    import shutil
+    import subprocess
+
+    import numpy as np
+    from PIL import Image
+
+    browser = next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+    if browser is None:
+        return
+    shot = out / "report_screenshot.png"
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    "--window-size=1100,2400", f"--screenshot={shot}", (out / "report.html").as_uri()],
+                   capture_output=True, timeout=120, check=False)  # fmt: skip
+    img = np.asarray(Image.open(shot).convert("RGB"))
+    assert img.shape[:2] == (2400, 1100)
+    assert len(np.unique(img.reshape(-1, 3), axis=0)) > 200  # plots and heat maps, not a blank page
