@@ -13,7 +13,7 @@ Expected (Wang et al. 2016 vs Lin et al. 2019; GSM's reversal probe, Sudhakaran 
 averages per-frame scores, so it cannot tell a video from its reverse and sits near 50% on the pair
 classes; temporal models (TSM, GSM, TimeSformer) get them right, and collapse on reversed clips.
 
-4. Explain (:mod:`kinetix.explain`): each model's default map (Grad-CAM for the CNNs) on validation
+4. Explain (``explainer``, :func:`kinetix.explain.demo.explain_demo` from ``kinetix demo``): each model's default map (Grad-CAM for the CNNs) on validation
    clips of the pair classes; the share of the map's mass inside the moving shape's mask (the
    synthetic generator knows it) against the share of a uniform map (the mask's area), and
    pictures of one clip per pair class with every model's map.
@@ -34,8 +34,15 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import torch
+
 import kinetix
+from kinetix.config import config_from_dict
+from kinetix.data.synthetic import generate_temporal
 from kinetix.errors import ConfigError
+from kinetix.utils.state_dict import atomic_path
+
+from .run import fit, test
 
 MARKER = ".kinetix-demo"
 # Three time-reversed pairs whose direction a small network learns within the CPU budget, plus an
@@ -50,8 +57,6 @@ DEMO_CLASSES = (
     "static circle",
 )
 TEMPORAL = {"test_tsm", "test_gsm", "test_timesformer"}
-PICTURES_PER_CLASS = 1  # validation clips per pair class shown in the report
-MASS_CLIPS_PER_CLASS = 10  # validation clips per pair class in the mask-mass measurement
 
 
 @dataclass(frozen=True)
@@ -105,7 +110,6 @@ PRESETS = {
 
 def demo_config(preset: DemoPreset, model: str, data_dir: Path, runs_dir: Path, seed: int, progress: bool):
     """The complete config the demo trains ``model`` with (also written beside each run)."""
-    from kinetix.config import config_from_dict
 
     vit = "timesformer" in model or "vivit" in model
     model_kwargs = {"img_size": preset.size} if vit else {"dropout": 0.0, **preset.model_kwargs}
@@ -165,14 +169,18 @@ def _val_curve(run_dir: Path) -> list[tuple[int, float]]:
 
 
 def run_demo(
-    out_dir: str | Path = "demo_out", mode: str = "full", seed: int = 0, progress: bool = True, log=print
+    out_dir: str | Path = "demo_out",
+    mode: str = "full",
+    seed: int = 0,
+    progress: bool = True,
+    log=print,
+    explainer=None,
 ) -> dict:
-    """Run the demo; returns the report dict (also written to ``out_dir/report.json``)."""
-    import torch
+    """Run the demo; returns the report dict (also written to ``out_dir/report.json``).
 
-    from kinetix.data.synthetic import generate_temporal
-
-    from .run import fit, test
+    ``explainer(out, synth, results) -> pictures`` (``kinetix demo`` passes
+    :func:`kinetix.explain.demo.explain_demo`; the engine does not import ``kinetix.explain``) adds
+    ``results[model]["explain"]`` and returns the report's picture list."""
 
     if mode not in PRESETS:
         raise ConfigError(f"demo mode must be one of {', '.join(PRESETS)}, got {mode!r}")
@@ -235,7 +243,7 @@ def run_demo(
         )
     log("[3/3] explaining the models and writing the report")
     t0 = time.time()
-    pictures = _explain(out, synth, results)
+    pictures = explainer(out, synth, results) if explainer is not None else []
     t_explain = time.time() - t0
     report = _report(out, mode, seed, preset, synth, results, t_data, time.time() - t_start)
     report["explain"] = pictures
@@ -247,52 +255,6 @@ def run_demo(
     log("")
     log(summary_table(report))
     return report
-
-
-def _explain(out: Path, synth: dict, results: dict) -> list[dict]:
-    """Mask-mass share per model (into ``results[model]["explain"]``) and the comparison pictures
-    of one validation clip per pair class -> ``[{"class", "video", "png", "mp4"}]`` (paths relative
-    to ``out``)."""
-    import numpy as np
-
-    from kinetix.data.synthetic import load_temporal_mask
-    from kinetix.explain import explain_video, mask_for_view, mask_mass_share, methods_for, write_comparison
-
-    from .run import load_classifier
-
-    data = out / "data"
-    names = synth["classes"]
-    val = [ln.split() for ln in (data / "val.txt").read_text().splitlines() if ln.strip()]
-    clips = {c: [data / v for v, lab in val if int(lab) == c] for p in synth["reversed_pairs"] for c in p}
-    shown: dict[Path, dict] = {}
-    for model_name, entry in results.items():
-        model, class_names, settings = load_classifier(entry["checkpoint"])
-        method = methods_for(model)[0]
-        shares, areas = [], []
-        for videos in clips.values():
-            for k, video in enumerate(videos[:MASS_CLIPS_PER_CLASS]):
-                e = explain_video(model, video, settings, method, class_names=class_names)
-                mask = mask_for_view(load_temporal_mask(data, video), e.frame_indices, settings)
-                heat = next(iter(e.maps.values()))
-                shares.append(mask_mass_share(heat, mask))
-                areas.append(float(mask.mean()))
-                if k < PICTURES_PER_CLASS:
-                    shown.setdefault(video, {})[model_name] = e
-        entry["explain"] = {
-            "method": method,
-            "note": e.note if shares else "",
-            "clips": len(shares),
-            "mask_mass_share": round(100 * float(np.nanmean(shares)), 1) if shares else None,
-            "uniform_share": round(100 * float(np.mean(areas)), 1) if areas else None,
-        }
-    pictures = []
-    for video, expls in shown.items():
-        label = next(names[int(lab)] for v, lab in val if data / v == video)
-        stem = f"{label.replace(' ', '_')}_{video.stem}"
-        files = write_comparison(expls, out / "explain", stem, f"{video.name} (class '{label}')")
-        pictures.append({"class": label, "video": str(video.relative_to(out)),
-                         **{k: str(Path(f).relative_to(out)) for k, f in files.items()}})  # fmt: skip
-    return pictures
 
 
 def _claim(results: dict) -> dict:
@@ -491,8 +453,6 @@ def _plots(out: Path, results: dict, curves: dict) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from kinetix.utils.state_dict import atomic_path
 
     models = list(results)
     x = range(len(models))

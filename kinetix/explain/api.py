@@ -29,14 +29,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kinetix.data.io import open_video, write_video
-from kinetix.data.sampling import keyframe_indices, multiview_indices
-from kinetix.data.transforms import CenterCrop, ShortSideResize
+from kinetix.data.sampling import keyframe_indices, test_clip_indices
+from kinetix.data.views import load_test_views, test_view_transform
 from kinetix.detection.evad import EVAD
 from kinetix.detection.visualize import kept_token_mask
-from kinetix.engine.classification import load_clip_views
+from kinetix.engine.datamodule import resolve_data_settings
 from kinetix.engine.detection import keyframe_clip, load_detector
-from kinetix.engine.run import checkpoint_config, load_classifier
-from kinetix.errors import CheckpointError, ConfigError, VideoDecodeError
+from kinetix.engine.task import model_from_checkpoint
+from kinetix.errors import ConfigError, VideoDecodeError
+from kinetix.models import create_model
 from kinetix.models.timesformer import TimeSformer
 from kinetix.models.videomae import VideoMAE
 from kinetix.models.vivit import ViViT
@@ -77,18 +78,19 @@ def methods_for(model: nn.Module) -> tuple[str, ...]:
 
 
 def load_explainable(checkpoint: str | Path | None = None, model_name: str | None = None):
-    """``(model, class_names, settings)`` of a classification or detection checkpoint (see
-    :func:`kinetix.engine.run.load_classifier` and :func:`kinetix.engine.detection.load_detector`)."""
-    task = "classification"
-    if checkpoint is not None and model_name is None:
-        try:
-            task = checkpoint_config(checkpoint).task
-        except CheckpointError:
-            if not Path(checkpoint).exists():
-                raise
-    if task == "detection":
+    """``(model, class_names, data settings)`` of a trained checkpoint (classification or detection;
+    :func:`kinetix.engine.model_from_checkpoint`, as ``kinetix predict`` / ``detect`` load it) or of
+    a registered model's published weights (``model_name`` alone)."""
+    if checkpoint is None and model_name is None:
+        raise ConfigError("pass --checkpoint CKPT (a trained kinetix checkpoint) or --model NAME")
+    if checkpoint is None:
+        model, cfg, names = create_model(model_name, pretrained=True).eval(), None, None
+    else:
+        model, cfg, names = model_from_checkpoint(checkpoint, model_name)
+    if cfg is not None and cfg.task == "detection":
         return load_detector(checkpoint)
-    return load_classifier(checkpoint, model_name)
+    settings = resolve_data_settings(model.pretrained_cfg, cfg.data if cfg else None, cfg.eval if cfg else None)
+    return model, names, settings
 
 
 def _display(view: torch.Tensor, settings) -> np.ndarray:
@@ -188,11 +190,10 @@ def explain_video(
         if class_name is not None:
             raise ConfigError("--class does not apply to EVAD's kept tokens (they do not depend on a class)")
         return _explain_tokens(model, video, settings)
-    one = replace(settings, test_views=(1, 1))
-    view = load_clip_views(video, one)[0]  # (C, T, H, W): the view `kinetix test --views 1x1` scores
+    view = load_test_views(video, settings.with_views((1, 1)))[0]  # (C, T, H, W): `kinetix test --views 1x1`
     with open_video(video) as reader:
         n = reader.num_frames
-    indices = multiview_indices(n, settings.num_frames, 1, settings.sampling, settings.frame_interval)[0]
+    indices = test_clip_indices(n, settings.num_frames, 1, settings.sampling, settings.frame_interval)[0]
     target = None
     if class_name is not None:
         target = class_index(class_name, class_names, getattr(model, "num_classes", 0))
@@ -240,12 +241,11 @@ def mask_mass_share(heat: np.ndarray, mask: np.ndarray) -> float:
 
 def mask_for_view(mask: np.ndarray, indices: np.ndarray, settings) -> np.ndarray:
     """A full-video mask ``(N, H, W)`` bool -> the mask of the test view ``(T, h, w)``: the sampled
-    frames, resized and centre-cropped as the view (``ShortSideResize`` + ``CenterCrop``)."""
-    m = torch.from_numpy(mask[indices].astype(np.float32))[..., None]  # (T, H, W, 1)
-    resize = settings.test_resize or settings.input_size * 256 // 224
-    m = ShortSideResize(resize)(m)[0]
-    m = CenterCrop(settings.input_size)(m)[0]
-    return m[..., 0].numpy() >= 0.5
+    frames through the test-view transform (resize, centre crop; identity normalisation)."""
+    plain = replace(settings, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), value_range=255.0, channel_order="RGB")
+    m = torch.from_numpy(mask[indices].astype(np.uint8) * 255)[..., None].expand(-1, -1, -1, 3)  # (T, H, W, 3)
+    m = test_view_transform(plain, crops=1)(m)[0]  # (3, T, h, w) in 0..255
+    return m[0].numpy() >= 127.5
 
 
 def _panels(expl: Explanation, min_side: int) -> list[tuple[str, np.ndarray]]:
