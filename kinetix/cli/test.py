@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import textwrap
+from pathlib import Path
+
+from kinetix.errors import ConfigError
 
 from ._common import add_set_argument, load, parse_views
 
@@ -52,6 +55,8 @@ def register(sub) -> None:
 def run(args) -> int:
     from kinetix.engine.run import test
 
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ConfigError(f"--out {args.out}: is a file; pass a folder for the reports (created if needed)")
     cfg = load(args)
     views = parse_views(args.views)
     if views is not None:
@@ -64,6 +69,7 @@ def run(args) -> int:
     res = test(cfg, args.checkpoint, args.out)
     if "mAP" in res:  # detection task: frame-mAP@0.5 (AVA protocol)
         print(f"frame-mAP@0.5: {res['mAP']:.2f}")
+        _print_skipped(res, "keyframes")
         for cls, ap in sorted(res.get("per_class", {}).items(), key=lambda kv: str(kv[0])):
             print(f"  class {cls}: AP {ap:.2f}")
         print(f"reports:     {args.out or 'CKPT/eval'}: predictions.csv, per_class.csv, metrics.json")
@@ -74,10 +80,24 @@ def run(args) -> int:
         f"views:       {clips} clips x {crops} crops = {n} per video ({res['distinct_views']} distinct)"
         f", aggregated as {res['aggregate']}{', time-reversed' if res['reverse_frames'] else ''}"
     )
-    print(f"videos:      {res['count']}")
+    print(f"videos:      {res['count']} scored")
+    _print_skipped(res, "videos")
     for k in sorted(k for k in res if k.startswith("top")):
         print(f"{k + ':':<12} {res[k]:.2f}%")
     print(f"mean-class:  {res['mean_class_acc']:.2f}%")
     if res.get("report_dir"):
         print(f"reports:     {res['report_dir']}/per_class.csv, confusion.png, metrics.json")
     return 0
+
+
+def _print_skipped(res: dict, what: str) -> None:
+    """Unreadable inputs are skipped (never scored in substitute): say how many and which."""
+    n = res.get("skipped", 0)
+    if not n:
+        return
+    files = res.get("skipped_videos", [])
+    print(f"skipped:     {n} unreadable {what} (not scored; listed in metrics.json)")
+    for f in files[:10]:
+        print(f"  {f}")
+    if len(files) > 10:
+        print(f"  ... {len(files) - 10} more")

@@ -122,6 +122,7 @@ def write_checkpoint(checkpoint: dict, path: str | Path) -> Path:
             "model": meta.get("model_name"),
             "dataset_fingerprint": meta.get("dataset_fingerprint"),
             "metrics": meta.get("metrics", {}),
+            "bad_samples": meta.get("bad_samples", {}),  # unreadable samples skipped so far, per split
             "class_names": meta.get("class_names"),
             "files": [*sorted(p.name for p in tmp.iterdir()), MANIFEST],
             "config": meta.get("config", {}),
@@ -159,11 +160,24 @@ def read_checkpoint(path: str | Path) -> dict:
     try:
         ckpt = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"{path / STATE_FILE}: unreadable training state ({e})") from e
+        first = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+        raise CheckpointError(
+            f"{path / STATE_FILE}: unreadable training state ({first}); the checkpoint is damaged "
+            "or not from kinetix. Use another checkpoint of the run (RUN/checkpoints/step-*)"
+        ) from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path / STATE_FILE}: not a kinetix training state ({type(ckpt).__name__})")
     state_dict = dict(ckpt.pop("state_dict_rest", {}))
     for prefix, name in _PREFIXES.items():
         if (path / name).exists():
-            state_dict.update({prefix + k: v for k, v in load_file(str(path / name)).items()})
+            try:
+                tensors = load_file(str(path / name))
+            except Exception as e:
+                raise CheckpointError(
+                    f"{path / name}: unreadable weights ({e}); the checkpoint is damaged. Use another "
+                    "checkpoint of the run (RUN/checkpoints/step-*)"
+                ) from None
+            state_dict.update({prefix + k: v for k, v in tensors.items()})
     ckpt["state_dict"] = state_dict
     return ckpt
 
@@ -171,7 +185,16 @@ def read_checkpoint(path: str | Path) -> dict:
 def read_manifest(path: str | Path) -> dict:
     path = resolve_checkpoint(path)
     _check_dir(path)
-    return json.loads((path / MANIFEST).read_text())
+    try:
+        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(
+            f"{path / MANIFEST}: not valid JSON ({e}); the checkpoint is damaged. Use another "
+            "checkpoint of the run (RUN/checkpoints/step-*)"
+        ) from None
+    if not isinstance(manifest, dict):
+        raise CheckpointError(f"{path / MANIFEST}: expected a JSON object, got {type(manifest).__name__}")
+    return manifest
 
 
 def list_checkpoints(folder: str | Path) -> list[Path]:

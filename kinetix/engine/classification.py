@@ -18,6 +18,7 @@ import torch
 
 from kinetix.errors import ConfigError, DatasetError
 
+from .badsamples import BadSampleTracker
 from .datamodule import VideoDataModule, fingerprint_files, resolve_data_settings
 from .module import ClassificationModule
 
@@ -33,15 +34,22 @@ def read_class_names(path: str | Path) -> list[str]:
 
 
 def _ann_path(cfg, name: str) -> Path | None:
+    """``data.<name>_ann`` as given (relative to the current folder), else under ``data.root``."""
     value = getattr(cfg.data, f"{name}_ann")
     if value is None:
         return None
     p = Path(value)
-    if not p.is_absolute() and not p.exists() and cfg.data.root:
-        p = Path(cfg.data.root) / p
-    if not p.is_file():
-        raise ConfigError(f"data.{name}_ann: {p}: no such annotation file")
-    return p
+    tried = [p]
+    if not p.is_absolute() and cfg.data.root and not p.is_relative_to(Path(cfg.data.root)):
+        tried.append(Path(cfg.data.root) / p)
+    found = next((t for t in tried if t.is_file()), None)
+    if found is None:
+        where = " or ".join(str(t) for t in tried)
+        raise ConfigError(
+            f"data.{name}_ann: no such annotation file: {where} (relative to {Path.cwd()}); "
+            f"set data.{name}_ann to the file's path"
+        )
+    return found
 
 
 def _make_dataset(cfg, ann: Path, settings, mode: str, classes=None):
@@ -180,9 +188,14 @@ def evaluate(cfg, checkpoint, out_dir, *, trainer_kwargs=None, quiet: bool = Fal
     dm.setup("test")
     n_views = settings.test_views[0] * settings.test_views[1]
     distinct = _distinct_views(dm.test_set, n_views)
-    trainer = build_trainer(cfg, out_dir, stage="test", **(trainer_kwargs or {}))
+    tracker = BadSampleTracker(cfg.data.max_bad_fraction)
+    kwargs = dict(trainer_kwargs or {})
+    kwargs["callbacks"] = [tracker, *kwargs.get("callbacks", [])]
+    trainer = build_trainer(cfg, out_dir, stage="test", **kwargs)
     trainer.test(module, datamodule=dm, verbose=False)
     res = dict(module.test_results)
+    # unreadable videos are skipped, never scored in substitute: 'count' is the scored ones
+    res.update(skipped=tracker.counts()["test"], skipped_videos=tracker.paths(trainer, "test"))
     meter = module.test_meter
     res.update(
         views=list(settings.test_views),
@@ -210,7 +223,10 @@ def _distinct_views(dataset, n_views: int) -> int:
 
     if n_views == 1 or len(dataset) == 0:
         return 1
-    video = dataset[0]["video"]
+    item = next((it for it in (dataset[i] for i in range(min(len(dataset), 8))) if "video" in it), None)
+    if item is None:  # no readable video among the first ones: the test run will report them
+        return 1
+    video = item["video"]
     if video.dim() == 4:
         return 1
     with warnings.catch_warnings(record=True) as caught:

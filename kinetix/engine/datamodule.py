@@ -12,6 +12,7 @@ current epoch were consumed in each checkpoint, and a resumed run skips exactly 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import random
@@ -21,8 +22,9 @@ from pathlib import Path
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
+from kinetix.data.datasets import collate_skipping
 from kinetix.errors import ConfigError
 
 from .module import derive_seed
@@ -178,6 +180,8 @@ class VideoDataModule(pl.LightningDataModule):
         t = self.trainer
         return (t.global_rank, t.world_size) if t is not None else (0, 1)
 
+    collate = staticmethod(default_collate)  # items -> batch (detection: collate_detection)
+
     def _loader(self, dataset, sampler, batch_size, drop_last=False) -> DataLoader:
         return DataLoader(
             dataset,
@@ -187,6 +191,8 @@ class VideoDataModule(pl.LightningDataModule):
             drop_last=drop_last,
             persistent_workers=False,
             pin_memory=False,
+            # unreadable samples: evaluation's skipped items are dropped, every bad index reported
+            collate_fn=functools.partial(collate_skipping, collate=self.collate),
         )
 
     def train_dataloader(self) -> DataLoader:

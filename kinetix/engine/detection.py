@@ -24,11 +24,13 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader
 
+from kinetix.data.datasets import collate_detection
 from kinetix.detection import ava
 from kinetix.errors import ConfigError, DatasetError
+from kinetix.utils.state_dict import read_metadata_json
 
+from .badsamples import BadSampleTracker
 from .datamodule import VideoDataModule, fingerprint_files, resolve_data_settings
 from .module import TrainingDivergedError, checkpoint_metadata, derive_seed
 from .optim import build_scheduler
@@ -56,24 +58,19 @@ def extra_settings(cfg) -> dict:
 def _path(cfg, value, key: str, must_exist: bool = True) -> Path | None:
     if value is None:
         return None
-    p = Path(value)
+    p = given = Path(value)
     if not p.is_absolute() and cfg.data.root and not p.exists():
         p = Path(cfg.data.root) / p
     if must_exist and not p.exists():
-        raise ConfigError(f"{key}: {p}: no such file or folder")
+        where = f"{given} or {p}" if p != given else str(p)
+        raise ConfigError(f"{key}: no such file or folder: {where} (relative to {Path.cwd()})")
     return p
 
 
 class DetectionDataModule(VideoDataModule):
     """:class:`VideoDataModule` whose loaders batch with ``collate_detection``."""
 
-    def _loader(self, dataset, sampler, batch_size, drop_last=False) -> DataLoader:
-        from kinetix.data.datasets import collate_detection
-
-        return DataLoader(
-            dataset, batch_size=batch_size, sampler=sampler, num_workers=self.num_workers,
-            drop_last=drop_last, collate_fn=collate_detection,
-        )  # fmt: skip
+    collate = staticmethod(collate_detection)
 
 
 def rows_from_outputs(outputs, metas, class_ids: list[int]) -> dict:
@@ -166,6 +163,8 @@ class DetectionModule(pl.LightningModule):
 
     # evaluation: collect AVA rows, frame-mAP at the end
     def _collect(self, batch) -> None:
+        if "video" not in batch:  # every clip of the batch was unreadable (skipped and counted)
+            return
         outputs = self.model(batch["video"])
         self._det.update(rows_from_outputs(outputs, batch["meta"], self.class_ids))
         self._gt.update(gt_rows(batch, self.class_ids))
@@ -270,10 +269,15 @@ def evaluate(cfg, checkpoint, out_dir, *, trainer_kwargs=None, quiet: bool = Fal
     load_weights(module, checkpoint)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    trainer = build_trainer(cfg, out_dir, stage="test", **(trainer_kwargs or {}))
+    tracker = BadSampleTracker(cfg.data.max_bad_fraction)
+    kwargs = dict(trainer_kwargs or {})
+    kwargs["callbacks"] = [tracker, *kwargs.get("callbacks", [])]
+    trainer = build_trainer(cfg, out_dir, stage="test", **kwargs)
     trainer.test(module, datamodule=dm, verbose=False)
     res = dict(module.test_results)
     res["checkpoint"] = str(checkpoint)
+    # keyframes whose clip is unreadable are skipped (their ground truth too), never substituted
+    res.update(skipped=tracker.counts()["test"], skipped_videos=sorted(set(tracker.paths(trainer, "test"))))
     if trainer.is_global_zero:
         rows = [
             (vid, ts, *box, a, s) for (vid, ts), items in sorted(module._det.items()) for box, a, s in items
@@ -318,9 +322,7 @@ def _checkpoint_class_names(checkpoint) -> list[str]:
 
     path = Path(checkpoint)
     if path.is_file():
-        from kinetix.models import weights_metadata
-
-        names = json.loads(weights_metadata(path).get("class_names") or "null")
+        names = read_metadata_json(path, "class_names", list)
     else:
         names = read_manifest(path).get("class_names")
     if not names:

@@ -160,6 +160,8 @@ class ClassificationModule(pl.LightningModule):
         self.val_meter.reset()
 
     def validation_step(self, batch, batch_idx):
+        if "video" not in batch:  # every video of the batch was unreadable (skipped and counted)
+            return
         scores = self._scores(batch)
         self.val_meter.update(scores, batch["label"])
         loss = F.cross_entropy(scores.float(), batch["label"])
@@ -182,6 +184,8 @@ class ClassificationModule(pl.LightningModule):
         self.test_outputs = []
 
     def test_step(self, batch, batch_idx):
+        if "video" not in batch:
+            return
         scores = self._scores(batch)
         self.test_meter.update(scores, batch["label"])
         idx = batch.get("index", torch.full_like(batch["label"], -1))

@@ -8,7 +8,6 @@ everything else (trainer, devices, DDP, precision, checkpoints, run folders) is 
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import warnings
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 
 from kinetix.errors import CheckpointError, ConfigError
 
+from .badsamples import BadSampleTracker
 from .checkpoint import (
     EMA_FILE,
     MODEL_FILE,
@@ -56,7 +56,15 @@ def make_run_dir(cfg) -> Path:
     uses ``output_dir/name`` as is (give each run its own name)."""
     if os.environ.get(_RUN_DIR_ENV):
         return Path(os.environ[_RUN_DIR_ENV])
-    base = Path(cfg.train.output_dir) / cfg.train.name
+    out = Path(cfg.train.output_dir)
+    blocking = next((q for q in (out, *out.parents) if q.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise ConfigError(
+            f"train.output_dir: {out}: {blocking} is a file, not a folder; point train.output_dir at a folder"
+        )
+    base = out / cfg.train.name
+    if base.exists() and not base.is_dir():
+        raise ConfigError(f"train.name: {base} is a file, not a run folder; choose another train.name")
     run_dir = base
     if not _launched_externally():
         v = 0
@@ -150,7 +158,8 @@ def _fit(cfg, resume, callbacks, **trainer_overrides) -> dict:
     start, shrink = cfg.schedule.keep_rate_start_epochs, cfg.schedule.keep_rate_shrink_epochs
     if start or shrink:  # ahead of the user's callbacks
         callbacks = [KeepRateSchedule(start, shrink), *callbacks]
-    trainer = build_trainer(cfg, run_dir, "fit", [saver, *callbacks], **trainer_overrides)
+    tracker = BadSampleTracker(cfg.data.max_bad_fraction)
+    trainer = build_trainer(cfg, run_dir, "fit", [saver, tracker, *callbacks], **trainer_overrides)
     if trainer.is_global_zero:
         name = "config.yaml" if ckpt is None else f"config-resume-{ckpt.name}.yaml"
         (run_dir / name).write_text(config_to_yaml(cfg))
@@ -162,6 +171,7 @@ def _fit(cfg, resume, callbacks, **trainer_overrides) -> dict:
         "checkpoint": resolve_checkpoint(ckpt_dir) if trainer.is_global_zero else None,
         "best": best if best.exists() else None,
         "metrics": metrics,
+        "bad_samples": {k: v for k, v in tracker.counts().items() if k != "test"},
         "module": module,
         "trainer": trainer,
     }
@@ -191,12 +201,12 @@ def checkpoint_config(checkpoint: str | Path):
 
     path = Path(checkpoint)
     if path.is_file() and path.suffix == ".safetensors":
-        from kinetix.utils.state_dict import read_safetensors_metadata
+        from kinetix.utils.state_dict import read_metadata_json
 
-        meta = read_safetensors_metadata(path)
-        if "config" not in meta:
+        config = read_metadata_json(path, "config", dict)
+        if not config:
             raise CheckpointError(f"{path}: carries no kinetix config; pass a config file or --model")
-        return config_from_dict(json.loads(meta["config"]), str(path))
+        return config_from_dict(config, str(path))
     return config_from_dict(read_manifest(path)["config"], str(resolve_checkpoint(path) / "manifest.json"))
 
 
@@ -227,7 +237,7 @@ def predict(
     ``model.safetensors``: model, classes and data settings come from it) or from a registered
     model's published weights (``model_name``; with ``checkpoint`` a weights file for it)."""
     from kinetix.models import create_model
-    from kinetix.utils.state_dict import read_safetensors_metadata
+    from kinetix.utils.state_dict import read_metadata_json, read_safetensors_metadata
 
     from .classification import predict_videos
     from .datamodule import resolve_data_settings
@@ -244,11 +254,12 @@ def predict(
         weights = path if path.is_file() else resolve_checkpoint(path) / MODEL_FILE
         if weights.suffix == ".safetensors":
             meta = read_safetensors_metadata(weights)
-            class_names = json.loads(meta["class_names"]) if meta.get("class_names") else None
-            if "config" in meta:
+            class_names = read_metadata_json(weights, "class_names", list, meta)
+            config = read_metadata_json(weights, "config", dict, meta)
+            if config:
                 from kinetix.config import config_from_dict
 
-                cfg = config_from_dict(json.loads(meta["config"]), str(weights))
+                cfg = config_from_dict(config, str(weights))
         name = model_name or (cfg.model.name if cfg is not None else None)
         if name is None:
             raise CheckpointError(f"{weights}: does not say which model it is; pass --model NAME")

@@ -147,3 +147,25 @@ def read_safetensors_metadata(path: str | Path) -> dict[str, str]:
             return dict(f.metadata() or {})
     except Exception as e:
         raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
+
+
+def read_metadata_json(path: str | Path, key: str, kind: type = object, meta: Mapping | None = None):
+    """The JSON value stored under ``key`` in a safetensors file's metadata (None when absent):
+    ``CheckpointError`` naming the file when it is not JSON or not a ``kind``."""
+    meta = read_safetensors_metadata(path) if meta is None else meta
+    raw = meta.get(key)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(
+            f"{path}: its metadata entry {key!r} is not valid JSON ({e.msg} at character {e.pos}); "
+            "the file was not written by kinetix or has been edited. Re-save it, or pass --model NAME "
+            "with a plain weights file"
+        ) from None
+    if value is not None and kind is not object and not isinstance(value, kind):
+        raise CheckpointError(
+            f"{path}: its metadata entry {key!r} should be a {kind.__name__} (JSON), got {type(value).__name__}"
+        )
+    return value
