@@ -33,7 +33,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.plugins.io import CheckpointIO
 
 from kinetix.errors import CheckpointError
-from kinetix.utils.state_dict import save_safetensors
+from kinetix.utils.state_dict import load_pickle_safely, save_safetensors
 
 MODEL_FILE, EMA_FILE, STATE_FILE = "model.safetensors", "ema.safetensors", "training_state.pt"
 MANIFEST, CONFIG_FILE = "manifest.json", "config.yaml"
@@ -158,12 +158,11 @@ def read_checkpoint(path: str | Path) -> dict:
     from safetensors.torch import load_file
 
     try:
-        ckpt = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
-    except Exception as e:
-        first = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+        ckpt = load_pickle_safely(path / STATE_FILE)  # tensors and plain data only, never code
+    except CheckpointError as e:
         raise CheckpointError(
-            f"{path / STATE_FILE}: unreadable training state ({first}); the checkpoint is damaged "
-            "or not from kinetix. Use another checkpoint of the run (RUN/checkpoints/step-*)"
+            f"{e} An unreadable training state means the checkpoint is damaged or not from kinetix; "
+            "use another checkpoint of the run (RUN/checkpoints/step-*)"
         ) from None
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path / STATE_FILE}: not a kinetix training state ({type(ckpt).__name__})")
