@@ -99,13 +99,22 @@ def _size(text: str) -> tuple[int, int]:
 def run_synth(args) -> int:
     from kinetix.data.synthetic import generate
 
+    for flag, v in (("--num-videos", args.num_videos), ("--fps", args.fps), ("--seconds", args.seconds)):
+        if v is not None and not v > 0:
+            raise ConfigError(f"{flag} must be > 0, got {v:g}")
+    blocking = next((q for q in (args.out, *args.out.parents) if q.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise ConfigError(f"--out {args.out}: {blocking} is a file; pass a folder (created if needed)")
     kw = {k: getattr(args, k) for k in ("num_videos", "fps", "seconds") if getattr(args, k) is not None}
     if args.size is not None:
         h, w = args.size
         if args.kind == "temporal" and h != w:
             raise ConfigError(f"--size {h}x{w}: temporal videos are square; pass --size N")
         kw["size"] = h if args.kind == "temporal" else (h, w)
-    info = generate(kind=args.kind, out_dir=args.out, seed=args.seed, **kw)
+    try:
+        info = generate(kind=args.kind, out_dir=args.out, seed=args.seed, **kw)
+    except ValueError as e:  # the generator's limits (size, length, ...)
+        raise ConfigError(f"data synth --out {args.out}: {e}") from None
     print(f"wrote a synthetic {args.kind} dataset to {args.out}")
     for key, value in info.items():
         if isinstance(value, (list, tuple)) and len(value) > 8:

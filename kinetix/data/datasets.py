@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from kinetix.errors import DatasetError, KinetixError
+from kinetix.errors import AnnotationError, DatasetError, KinetixError
 
 from . import annotations as ann
 from .io import open_video
@@ -128,7 +128,26 @@ def load_annotations(
         records, names = ann.parse_ucf101(ann_file, None, on_error)
     else:
         records, names = ann.parse_hmdb51(ann_file, split, subset, on_error)
+    if not names and records:
+        _check_numeric_labels(ann_file, records)
     return records, names, fmt
+
+
+MAX_CLASSES_WITHOUT_NAMES = 100_000  # more classes than any video dataset has: a typo, not a label
+
+
+def _check_numeric_labels(ann_file, records) -> None:
+    """Numeric labels without a class list make ``max label + 1`` classes: refuse an index that
+    would build an absurd classifier (a typo such as 40000000000 would allocate terabytes)."""
+    top = max(records, key=lambda r: r.label)
+    if top.label >= MAX_CLASSES_WITHOUT_NAMES:
+        path, _, line = (top.source or str(ann_file)).rpartition(":")
+        where = (path, int(line)) if line.isdigit() else (top.source or ann_file, None)
+        raise AnnotationError(
+            where[0], where[1],
+            f"label index {top.label} without a class list would mean {top.label + 1:,} classes",
+            "Fix the label, or give the class names (data.classes / --classes: one name per line)",
+        )  # fmt: skip
 
 
 def _as_records(samples) -> list[ann.VideoRecord]:

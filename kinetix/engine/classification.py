@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from kinetix.errors import ConfigError, DatasetError
+from kinetix.errors import CheckpointError, ConfigError, DatasetError, KinetixError
 
 from .badsamples import BadSampleTracker
 from .datamodule import VideoDataModule, fingerprint_files, resolve_data_settings
@@ -182,6 +182,7 @@ def evaluate(cfg, checkpoint, out_dir, *, trainer_kwargs=None, quiet: bool = Fal
 
     module, dm = build(cfg, "test", checkpoint=checkpoint)
     load_weights(module, checkpoint)
+    module.meta["checkpoint"] = str(checkpoint)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = resolve_data_settings(module.model.pretrained_cfg, cfg.data, cfg.eval)
@@ -275,8 +276,11 @@ def predict_videos(
     topk: int = 5,
     aggregate: str = "logits",
     reverse_frames: bool = False,
+    source: str | None = None,
 ) -> list[dict]:
-    """Top-k classes of each video file (multi-view over the whole video)."""
+    """Top-k classes of each video file (multi-view over the whole video). A video that cannot be
+    read gets ``{"video", "error"}`` instead (the others are still predicted); scores that are not
+    finite are a :class:`CheckpointError` naming ``source`` (the checkpoint)."""
     from .multiview import predict_views
 
     model.eval()
@@ -284,8 +288,18 @@ def predict_videos(
     names = class_names if class_names and len(class_names) == k else [str(i) for i in range(k)]
     out = []
     for path in videos:
-        views = load_clip_views(path, settings)
-        probs = torch.softmax(predict_views(model, views[None], aggregate, reverse_frames)[0], -1)
+        try:
+            views = load_clip_views(path, settings)
+        except KinetixError as e:
+            out.append({"video": str(path), "error": str(e)})
+            continue
+        scores = predict_views(model, views[None], aggregate, reverse_frames)[0]
+        if not bool(torch.isfinite(scores).all()):
+            raise CheckpointError(
+                f"{source or 'the model'}: gives non-finite scores (NaN/inf) on {path}; its weights "
+                "are broken or overflow at this precision. Use another checkpoint"
+            )
+        probs = torch.softmax(scores, -1)
         p, i = probs.topk(min(topk, k))
         out.append(
             {

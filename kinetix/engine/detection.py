@@ -32,7 +32,7 @@ from kinetix.utils.state_dict import read_metadata_json
 
 from .badsamples import BadSampleTracker
 from .datamodule import VideoDataModule, fingerprint_files, resolve_data_settings
-from .module import TrainingDivergedError, checkpoint_metadata, derive_seed
+from .module import TrainingDivergedError, checkpoint_metadata, derive_seed, diverged_message
 from .optim import build_scheduler
 
 MONITOR = "val/mAP"  # the metric a `best` checkpoint should track for this task
@@ -128,10 +128,7 @@ class DetectionModule(pl.LightningModule):
         losses = self.model(batch["video"], targets)
         loss = losses["loss"]
         if not bool(torch.isfinite(loss.detach())):
-            raise TrainingDivergedError(
-                f"loss is {loss.item()} at step {self.global_step}: lower optim.lr, add warm-up or set "
-                "train.gradient_clip_val, then resume with --resume"
-            )
+            raise TrainingDivergedError(diverged_message(self, loss))
         n = len(targets)
         for k, v in losses.items():
             self.log(

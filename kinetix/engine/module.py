@@ -20,8 +20,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kinetix.errors import KinetixError
+from kinetix.errors import CheckpointError, KinetixError
 
+from .checkpoint import list_checkpoints
 from .ema import ModelEMA
 from .metrics import ClassificationMeter
 from .multiview import predict_views
@@ -30,6 +31,29 @@ from .optim import build_optimizer, build_scheduler
 
 class TrainingDivergedError(KinetixError):
     """The loss became NaN or infinite; training stopped before the weights were updated."""
+
+
+def diverged_message(module: pl.LightningModule, loss: torch.Tensor) -> str:
+    """What happened, what is left on disk (only what really is) and what to change (only settings
+    that are not already so)."""
+    cfg = module.cfg
+    ckpt_dir = module.meta.get("checkpoint_dir")
+    found = list_checkpoints(ckpt_dir) if ckpt_dir else []
+    if found:
+        kept = f"the last good checkpoint is {found[-1]} (resume from it with --resume)"
+    else:
+        kept = "no checkpoint was written before this step, so a new run has to start from scratch"
+    fixes = [f"lower optim.lr (now {cfg.optim.lr:g})"]
+    if not cfg.schedule.warmup_epochs:
+        fixes.append("add warm-up (schedule.warmup_epochs)")
+    if cfg.train.gradient_clip_val is None:
+        fixes.append("set train.gradient_clip_val")
+    if cfg.train.precision not in ("32-true", "32", "64-true", "64"):
+        fixes.append(f"use train.precision=32-true (now {cfg.train.precision})")
+    return (
+        f"loss is {loss.item()} at epoch {module.current_epoch}, step {module.global_step}: training "
+        f"stopped before this update; {kept}. To fix it: {', '.join(fixes)}"
+    )
 
 
 def derive_seed(*parts: int) -> int:
@@ -127,13 +151,7 @@ class ClassificationModule(pl.LightningModule):
         if self.trainer.world_size > 1:
             bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
         if bad:
-            ckpts = self.meta.get("checkpoint_dir", "the run's checkpoints/ folder")
-            raise TrainingDivergedError(
-                f"loss is {loss.item()} at epoch {self.current_epoch}, step {self.global_step}: training "
-                f"stopped before this update; the last good checkpoint is intact in {ckpts}. Lower "
-                "optim.lr, add warm-up (schedule.warmup_epochs), set train.gradient_clip_val, or use "
-                "train.precision=32-true, then resume with --resume."
-            )
+            raise TrainingDivergedError(diverged_message(self, loss))
         self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=len(y))
         if self.mixer is None:
             acc = (logits.detach().argmax(-1) == y).float().mean() * 100
@@ -187,6 +205,12 @@ class ClassificationModule(pl.LightningModule):
         if "video" not in batch:
             return
         scores = self._scores(batch)
+        if not bool(torch.isfinite(scores).all()):
+            raise CheckpointError(
+                f"{self.meta.get('checkpoint', 'the checkpoint')}: gives non-finite scores (NaN/inf); its "
+                "weights are broken or overflow at this precision (try train.precision=32-true). "
+                "Use another checkpoint"
+            )
         self.test_meter.update(scores, batch["label"])
         idx = batch.get("index", torch.full_like(batch["label"], -1))
         self.test_outputs.append((idx.cpu(), scores.float().cpu(), batch["label"].cpu()))

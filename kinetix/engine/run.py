@@ -8,6 +8,7 @@ everything else (trainer, devices, DDP, precision, checkpoints, run folders) is 
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -30,6 +31,7 @@ from .optim import KeepRateSchedule
 
 TASKS = {"classification": "kinetix.engine.classification", "detection": "kinetix.engine.detection"}
 _RUN_DIR_ENV = "KINETIX_RUN_DIR"  # shared by DDP ranks launched by Lightning
+log = logging.getLogger(__name__)
 
 
 def task_module(cfg):
@@ -75,8 +77,44 @@ def make_run_dir(cfg) -> Path:
     return run_dir
 
 
+def check_devices(cfg) -> None:
+    """Several devices asked for without a GPU: on CPU each "device" is a whole training process
+    (memory times N), which is never what ``devices: 8`` meant on a GPU config."""
+    t = cfg.train
+    many = t.devices == -1 or (isinstance(t.devices, int) and t.devices > 1)
+    if many and t.accelerator in ("auto", "gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"train.devices={t.devices} with train.accelerator={t.accelerator}, but no GPU is present "
+            "(torch.cuda.is_available() is False). Set train.devices=1 to train on the CPU, or "
+            f"train.accelerator=cpu and train.strategy=ddp to run {t.devices} CPU processes on purpose"
+        )
+
+
+def warn_short_run(cfg) -> list[str]:
+    """Warnings (logged, and returned) for a run too short to do what its config implies."""
+    t, sch = cfg.train, cfg.schedule
+    msgs = []
+    if cfg.data.val_ann and t.epochs < t.val_every_n_epochs:
+        msgs.append(
+            f"train.epochs={t.epochs} is shorter than train.val_every_n_epochs={t.val_every_n_epochs}: "
+            "nothing will be validated and no `best` checkpoint written"
+        )
+    warmup = sch.keep_rate_start_epochs + sch.keep_rate_shrink_epochs
+    if warmup and t.epochs <= warmup:
+        msgs.append(
+            f"train.epochs={t.epochs} ends within the keep-rate warm-up (schedule.keep_rate_start_epochs"
+            f" + keep_rate_shrink_epochs = {warmup:g}): the model never trains at its target "
+            "model.kwargs.keep_rate, and checkpoints are evaluated at another keep rate than it will use"
+        )
+    for m in msgs:
+        log.warning(m)
+    return msgs
+
+
 def build_trainer(cfg, run_dir: Path, stage: str = "fit", callbacks=(), **overrides) -> pl.Trainer:
     t = cfg.train
+    if stage == "fit":
+        check_devices(cfg)
     strategy = t.strategy
     if strategy == "ddp" and t.accelerator == "cpu":
         strategy = "ddp"  # gloo on CPU, chosen by Lightning
@@ -138,6 +176,8 @@ def fit(cfg, resume: str | Path | None = None, callbacks=(), **trainer_overrides
 def _fit(cfg, resume, callbacks, **trainer_overrides) -> dict:
     from kinetix.config import config_to_yaml
 
+    check_devices(cfg)  # before anything is created on disk
+    warn_short_run(cfg)
     task = task_module(cfg)
     ckpt = resolve_checkpoint(resume) if resume is not None else None
     if ckpt is not None:
@@ -243,7 +283,7 @@ def predict(
     from .datamodule import resolve_data_settings
 
     missing = [str(v) for v in videos if not Path(v).exists()]
-    if missing:
+    if missing and len(missing) == len(videos):  # (some missing: each is reported, the rest predicted)
         raise ConfigError(f"no such video: {', '.join(missing)}")
     if checkpoint is None and model_name is None:
         raise ConfigError("pass --checkpoint CKPT (a trained kinetix checkpoint) or --model NAME")
@@ -275,4 +315,5 @@ def predict(
     settings = resolve_data_settings(model.pretrained_cfg, data_cfg, None)
     if views is not None:
         settings = settings.__class__(**{**settings.__dict__, "test_views": tuple(views)})
-    return predict_videos(model, videos, settings, class_names, topk, aggregate)
+    source = str(checkpoint) if checkpoint is not None else f"{model_name} (published weights)"
+    return predict_videos(model, videos, settings, class_names, topk, aggregate, source=source)
