@@ -38,9 +38,14 @@ def run(args) -> int:
     from kinetix.errors import ConfigError
     from kinetix.models import convert_with_report, create_model
 
+    from ._common import check_output_path
+
     out = Path(args.out)
     if out.suffix != ".safetensors":
         raise ConfigError(f"--out must end in .safetensors, got {out}")
+    check_output_path(out, "--out")
+    if out.is_dir():
+        raise ConfigError(f"--out {out}: is a folder; give the .safetensors file to write")
     if out.exists() and not args.force:
         raise ConfigError(f"{out} exists; pass --force to overwrite it")
     kwargs = {k: v for k, v in (("num_frames", args.num_frames), ("num_classes", args.num_classes)) if v}

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from kinetix.errors import ConfigError
+
+from ._common import check_output_path
 
 
 def register(sub) -> None:
@@ -102,9 +105,7 @@ def run_synth(args) -> int:
     for flag, v in (("--num-videos", args.num_videos), ("--fps", args.fps), ("--seconds", args.seconds)):
         if v is not None and not v > 0:
             raise ConfigError(f"{flag} must be > 0, got {v:g}")
-    blocking = next((q for q in (args.out, *args.out.parents) if q.exists()), None)
-    if blocking is not None and not blocking.is_dir():
-        raise ConfigError(f"--out {args.out}: {blocking} is a file; pass a folder (created if needed)")
+    check_output_path(args.out, "--out", folder=True)
     kw = {k: getattr(args, k) for k in ("num_videos", "fps", "seconds") if getattr(args, k) is not None}
     if args.size is not None:
         h, w = args.size
@@ -142,4 +143,6 @@ def run_check(args) -> int:
         time_offset=args.time_offset,
     )
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.format())
+    if not report.ok:
+        print(f"kinetix data check: {args.path}: problems found (listed in the report above)", file=sys.stderr)
     return 0 if report.ok else 1

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import argparse
 import textwrap
-from pathlib import Path
 
-from kinetix.errors import ConfigError
-
-from ._common import add_set_argument, load, parse_views
+from ._common import add_set_argument, check_output_path, load, names_config, parse_views
 
 
 def _wrap(text: str) -> str:
@@ -49,14 +46,14 @@ def register(sub) -> None:
     )
     p.add_argument("--out", metavar="DIR", help="report folder (default: CKPT/eval or CKPT/eval-reversed)")
     add_set_argument(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=names_config(run))
 
 
 def run(args) -> int:
     from kinetix.engine.run import test
 
-    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
-        raise ConfigError(f"--out {args.out}: is a file; pass a folder for the reports (created if needed)")
+    if args.out:
+        check_output_path(args.out, "--out", folder=True)
     cfg = load(args)
     views = parse_views(args.views)
     if views is not None:

@@ -81,6 +81,8 @@ def _check_file(path: Path) -> None:
         raise VideoDecodeError(
             path, "is a directory", "Use FrameFolderReader / open_video() for folders of frames"
         )
+    if not path.is_file():  # reading a pipe or a device could block or never end
+        raise VideoDecodeError(path, "not a regular file (a pipe, device or socket)", "Pass a video file")
     if path.stat().st_size == 0:
         raise VideoDecodeError(path, "file is empty (0 bytes)", "Re-download or re-encode it")
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch import Callback
+from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.plugins.io import CheckpointIO
 
 from kinetix.errors import CheckpointError
@@ -161,7 +161,7 @@ def read_checkpoint(path: str | Path) -> dict:
         ckpt = load_pickle_safely(path / STATE_FILE)  # tensors and plain data only, never code
     except CheckpointError as e:
         raise CheckpointError(
-            f"{e} An unreadable training state means the checkpoint is damaged or not from kinetix; "
+            f"{str(e).rstrip('.')}. An unreadable training state means the checkpoint is damaged or not from kinetix; "
             "use another checkpoint of the run (RUN/checkpoints/step-*)"
         ) from None
     if not isinstance(ckpt, dict):
@@ -244,9 +244,14 @@ class KinetixCheckpointIO(CheckpointIO):
             shutil.rmtree(path)
 
 
-class PeriodicCheckpoint(Callback):
+class PeriodicCheckpoint(Checkpoint):
     """Save ``step-N`` checkpoints every ``every_n_steps`` optimiser steps and at every epoch end
-    (keeping the last ``keep_last``), and ``best`` when the monitored metric improves."""
+    (keeping the last ``keep_last``), and ``best`` when the monitored metric improves.
+
+    Every saved checkpoint carries the state of every callback *after* this epoch's updates (the
+    best score here; early stopping, top-k of other callbacks): Lightning runs ``Checkpoint``
+    callbacks last, and the best score is updated before the step is saved, so a resumed run
+    that gets worse never replaces a better ``best``."""
 
     def __init__(
         self,
@@ -284,10 +289,12 @@ class PeriodicCheckpoint(Callback):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self._last_saved_step = -1  # the epoch-end state replaces a same-step mid-epoch save
-        self.save_step(trainer)
         value = trainer.callback_metrics.get(self.monitor)
-        if value is not None and (self.best is None or float(value) > self.best):
-            self.best = float(value)
+        improved = value is not None and (self.best is None or float(value) > self.best)
+        if improved:
+            self.best = float(value)  # before saving: the step checkpoint must carry it
+        self.save_step(trainer)
+        if improved:
             self._save(trainer, "best")
 
     def state_dict(self) -> dict:

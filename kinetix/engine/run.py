@@ -15,15 +15,18 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import Checkpoint
 
 from kinetix.errors import CheckpointError, ConfigError
 
 from .badsamples import BadSampleTracker
 from .checkpoint import (
     EMA_FILE,
+    MANIFEST,
     MODEL_FILE,
     KinetixCheckpointIO,
     PeriodicCheckpoint,
+    read_checkpoint,
     read_manifest,
     resolve_checkpoint,
 )
@@ -129,7 +132,9 @@ def build_trainer(cfg, run_dir: Path, stage: str = "fit", callbacks=(), **overri
         gradient_clip_val=t.gradient_clip_val,
         check_val_every_n_epoch=t.val_every_n_epochs,
         log_every_n_steps=t.log_every_n_steps,
-        enable_checkpointing=False,  # kinetix's PeriodicCheckpoint does it (safetensors, atomic)
+        # kinetix's PeriodicCheckpoint (a Checkpoint callback, so Lightning runs it after the other
+        # callbacks) writes the checkpoints: safetensors, atomically; Lightning adds none of its own
+        enable_checkpointing=any(isinstance(c, Checkpoint) for c in callbacks),
         enable_progress_bar=t.progress_bar,
         enable_model_summary=False,
         num_sanity_val_steps=0,
@@ -176,17 +181,30 @@ def fit(cfg, resume: str | Path | None = None, callbacks=(), **trainer_overrides
 def _fit(cfg, resume, callbacks, **trainer_overrides) -> dict:
     from kinetix.config import config_to_yaml
 
-    check_devices(cfg)  # before anything is created on disk
+    # everything that can be refused is checked before anything is written
+    check_devices(cfg)
     warn_short_run(cfg)
     task = task_module(cfg)
     ckpt = resolve_checkpoint(resume) if resume is not None else None
+    state = None
     if ckpt is not None:
-        run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-    else:
-        run_dir = make_run_dir(cfg)
-    os.environ.setdefault(_RUN_DIR_ENV, str(run_dir))  # DDP children inherit it; fit() removes it
+        state = read_checkpoint(ckpt)  # every file of it readable (no code unpickled)
+        differences = config_differences(saved_config(ckpt), cfg)
+        if differences:
+            log.warning(
+                "resuming %s with a config that differs from the one it was trained with:\n  %s",
+                ckpt, "\n  ".join(differences),
+            )  # fmt: skip
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     module, dm = task.build(cfg, "fit")
+    if state is not None:
+        check_state_fits(module, state["state_dict"], ckpt)
+        del state
+    if ckpt is not None and ckpt.parent.name == "checkpoints":
+        run_dir = ckpt.parent.parent  # continue the run in its own folder
+    else:  # a new run (or a standalone checkpoint folder: never written into, nor beside)
+        run_dir = make_run_dir(cfg)
+    os.environ.setdefault(_RUN_DIR_ENV, str(run_dir))  # DDP children inherit it; fit() removes it
     ckpt_dir = run_dir / "checkpoints"
     module.meta["checkpoint_dir"] = str(ckpt_dir)
     saver = PeriodicCheckpoint(
@@ -215,6 +233,67 @@ def _fit(cfg, resume, callbacks, **trainer_overrides) -> dict:
         "module": module,
         "trainer": trainer,
     }
+
+
+def saved_config(checkpoint: str | Path):
+    """The resolved config a checkpoint was trained with (its manifest's copy)."""
+    from kinetix.config import config_from_dict
+
+    ckpt = resolve_checkpoint(checkpoint)
+    data = read_manifest(ckpt).get("config")
+    if not isinstance(data, dict) or not data:
+        raise CheckpointError(f"{ckpt / MANIFEST}: holds no config; the checkpoint was not written by kinetix train")
+    return config_from_dict(data, str(ckpt / MANIFEST))
+
+
+_RUN_ONLY_KEYS = {"train.progress_bar", "train.output_dir", "train.name", "data.num_workers"}
+
+
+def config_differences(saved, given) -> list[str]:
+    """``"key: saved -> given"`` for every key whose value differs (keys that do not change what
+    is trained, such as the progress bar or the number of loader workers, are left out)."""
+    from kinetix.config import config_to_dict
+
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            if isinstance(v, dict) and k not in ("kwargs", "extra", "flip_label_map"):
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = v
+        return out
+
+    a, b = flat(config_to_dict(saved)), flat(config_to_dict(given))
+    keys = [k for k in dict.fromkeys([*a, *b]) if a.get(k) != b.get(k) and k not in _RUN_ONLY_KEYS]
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys]
+
+
+def check_state_fits(module, state_dict: dict, source) -> None:
+    """``CheckpointError`` listing what does not fit when a training checkpoint's weights are not
+    those of ``module`` (another model, other arguments)."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    shapes = sorted(
+        f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}"
+        for k in set(own) & set(state_dict)
+        if own[k].shape != state_dict[k].shape
+    )
+    if missing or unexpected or shapes:
+        parts = [
+            f"{what}: {', '.join(keys[:6])}{f', ... ({len(keys)} in all)' if len(keys) > 6 else ''}"
+            for what, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes))
+            if keys
+        ]
+        raise CheckpointError(
+            f"{source}: does not fit the model of this config ({cfg_model(module)}): {'; '.join(parts)}. "
+            "Resume with the config the run was trained with"
+        )
+
+
+def cfg_model(module) -> str:
+    cfg = getattr(module, "cfg", None)
+    return cfg.model.name if cfg is not None else type(module).__name__
 
 
 def load_weights(module, checkpoint: str | Path) -> None:

@@ -107,8 +107,18 @@ def _classifier_keys(model: nn.Module) -> set[str]:
 def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
     """Load a weights file (kinetix safetensors or a foreign checkpoint) into ``model`` strictly."""
     sd = read_state_dict(path)
-    load_state_dict_strict(model, convert_state_dict(model, sd), source=str(path))
+    load_state_dict_strict(model, _converted(model, sd, path), source=str(path))
     return model
+
+
+def _converted(model: nn.Module, sd: dict[str, torch.Tensor], path) -> dict[str, torch.Tensor]:
+    """``convert_state_dict`` whose errors (from the model file's filter) name the file."""
+    try:
+        return convert_state_dict(model, sd)
+    except CheckpointError as e:
+        if str(path) in str(e):
+            raise
+        raise CheckpointError(f"{path}: {e}") from None
 
 
 def load_pretrained(model: nn.Module, cfg: PretrainedCfg) -> nn.Module:
@@ -213,6 +223,13 @@ def convert_with_report(
     :class:`CheckpointError` listing the missing ones, unless ``allow_partial``), load strictly,
     and is then written as safetensors. Returns the path and the :class:`ConversionReport`."""
     sd = read_state_dict(src)
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(
+            f"{src}: {len(bad)} tensor(s) hold NaN or infinite values ({_short(bad, 4)}); the weights "
+            "are broken (a diverged run?). Use another checkpoint"
+        )
+    _converted(model, sd, src)  # a layout the model file's filter refuses: an error naming the file
     report = conversion_report(model, sd)
     if report.missing and not allow_partial:
         raise CheckpointError(
@@ -220,7 +237,7 @@ def convert_with_report(
             "model name and its arguments, or pass --allow-partial to convert it anyway (the missing "
             "tensors keep the model's random initialisation)"
         )
-    load_state_dict_strict(model, convert_state_dict(model, sd), source=str(src))
+    load_state_dict_strict(model, _converted(model, sd, src), source=str(src))
     meta = {"converted_from": Path(src).name}
     if report.missing:
         meta["converted_missing"] = report.missing

@@ -128,8 +128,8 @@ def test_non_finite_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_p
     import lightning.pytorch as pl
 
     class Poison(pl.Callback):
-        def on_train_batch_end(self, trainer, module, *args):
-            if trainer.global_step == 2:  # after the step-2 checkpoint was written
+        def on_train_batch_start(self, trainer, module, *args):
+            if trainer.global_step == 2:  # the step-2 checkpoint was written at the end of the last batch
                 with torch.no_grad():
                     module.model.head.weight.fill_(float("nan"))
 
