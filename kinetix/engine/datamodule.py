@@ -16,34 +16,22 @@ import functools
 import hashlib
 import math
 import random
-from dataclasses import dataclass
 from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from kinetix.data.datasets import collate_skipping
+from kinetix.data.views import DataSettings
 from kinetix.errors import ConfigError
 
-from .module import derive_seed
 
-
-@dataclass(frozen=True)
-class DataSettings:
-    """What the data pipeline needs from the model (plus explicit config overrides)."""
-
-    num_frames: int
-    input_size: int
-    mean: tuple
-    std: tuple
-    channel_order: str
-    value_range: float
-    sampling: str
-    frame_interval: int
-    test_views: tuple[int, int]
-    test_resize: int | None
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (stable across processes and Python versions)."""
+    h = hashlib.blake2b(",".join(str(int(p)) for p in parts).encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") & ((1 << 63) - 1)
 
 
 def resolve_data_settings(pretrained_cfg, data_cfg, eval_cfg=None) -> DataSettings:
@@ -153,7 +141,9 @@ def fingerprint_files(paths) -> str | None:
 
 class VideoDataModule(pl.LightningDataModule):
     """Loaders over ready-made datasets (``train``, ``val``, ``test``: map-style, items are dicts
-    ``{"video", "label", "index"}``). Build one from a config with :func:`build_datamodule`."""
+    ``{"video", "label", "index"}``). The task modules build one from a config; ``collate_fn``
+    batches the items (default: stacking; detection: ``collate_detection``) after
+    :func:`~kinetix.data.datasets.collate_skipping` has taken out the unreadable ones."""
 
     def __init__(
         self,
@@ -167,20 +157,20 @@ class VideoDataModule(pl.LightningDataModule):
         seed: int = 0,
         class_names: list[str] | None = None,
         fingerprint: str | None = None,
+        collate_fn=None,
     ):
         super().__init__()
         self.train_set, self.val_set, self.test_set = train, val, test
         self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
         self.num_workers, self.seed = num_workers, seed
         self.class_names, self.fingerprint = class_names, fingerprint
+        self.collate_fn = collate_fn
         self._train_sampler: ResumableSampler | None = None
         self._resume: dict | None = None
 
     def _rank_world(self) -> tuple[int, int]:
         t = self.trainer
         return (t.global_rank, t.world_size) if t is not None else (0, 1)
-
-    collate = staticmethod(default_collate)  # items -> batch (detection: collate_detection)
 
     def _loader(self, dataset, sampler, batch_size, drop_last=False) -> DataLoader:
         return DataLoader(
@@ -189,10 +179,10 @@ class VideoDataModule(pl.LightningDataModule):
             sampler=sampler,
             num_workers=self.num_workers,
             drop_last=drop_last,
+            # unreadable samples: evaluation's skipped items are dropped, every bad index reported
+            collate_fn=functools.partial(collate_skipping, collate=self.collate_fn),
             persistent_workers=False,
             pin_memory=False,
-            # unreadable samples: evaluation's skipped items are dropped, every bad index reported
-            collate_fn=functools.partial(collate_skipping, collate=self.collate),
         )
 
     def train_dataloader(self) -> DataLoader:
