@@ -6,21 +6,12 @@
 
 __version__ = "0.1.0"
 
+from kinetix import detection as detection
 from kinetix import models as models
+from kinetix.detection import evad as _evad  # noqa: F401  (registers the detection models)
 from kinetix.errors import KinetixError
 from kinetix.models import PretrainedCfg, create_model, list_models, register_model
 from kinetix.utils import count_flops
-
-
-def _import_detection() -> None:
-    # Detection models register into the same registry; imported lazily-safe if present.
-    import importlib.util
-
-    if importlib.util.find_spec("kinetix.detection.evad") is not None:
-        importlib.import_module("kinetix.detection.evad")
-
-
-_import_detection()
 
 __all__ = [
     "KinetixError",

@@ -36,19 +36,15 @@ def register(sub) -> None:
 
 
 def _model_kwargs(items: list[str]) -> dict:
-    import yaml
-
+    from kinetix.config import parse_key_value
     from kinetix.errors import ConfigError
 
     kwargs = {}
     for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.isidentifier():
+        key, value = parse_key_value(item, "KEY=VALUE", "--set keep_rate=0.7 attention=joint")
+        if not key.isidentifier():
             raise ConfigError(f"--set expects KEY=VALUE with a Python identifier as KEY, got {item!r}")
-        try:
-            kwargs[key] = yaml.safe_load(value)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"--set {key}: cannot read {value!r} as a YAML value ({e})") from None
+        kwargs[key] = value
     return kwargs
 
 

@@ -35,7 +35,12 @@ def register(sub) -> None:
     )
     p.add_argument("--topk", type=int, default=5, help="classes to show per video (default: 5)")
     p.add_argument("--views", metavar="CLIPSxCROPS", help="test views (default: the model's)")
-    p.add_argument("--aggregate", choices=("logits", "probs"), default="logits", help="view aggregation")
+    p.add_argument(
+        "--aggregate",
+        choices=("logits", "probs"),
+        default=None,
+        help="average views as logits or probabilities (default: the checkpoint's eval.aggregate, else logits)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)
 
@@ -46,6 +51,8 @@ def run(args) -> int:
 
     if args.topk < 1:
         raise ConfigError(f"--topk must be >= 1, got {args.topk}")
+    if args.checkpoint is None and args.model is None:
+        raise ConfigError("pass --checkpoint CKPT (a trained kinetix checkpoint) or --model NAME")
     res = predict(
         args.videos,
         args.checkpoint,

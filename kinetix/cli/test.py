@@ -63,10 +63,10 @@ def run(args) -> int:
     cfg.train.progress_bar = False
     res = test(cfg, args.checkpoint, args.out)
     if "mAP" in res:  # detection task: frame-mAP@0.5 (AVA protocol)
-        print(f"frame-mAP@0.5: {res['mAP']:.2f}")
-        for cls, ap in sorted(res.get("per_class", {}).items(), key=lambda kv: str(kv[0])):
-            print(f"  class {cls}: AP {ap:.2f}")
-        print(f"reports:     {args.out or 'CKPT/eval'}: predictions.csv, per_class.csv, metrics.json")
+        print(f"frame-mAP@0.5: {res['mAP']:.2f}%  ({res['protocol']} protocol)")
+        for cls, (name, ap) in sorted(res["per_class"].items()):
+            print(f"  {cls:>3} {name:<28} AP {'n/a (not in the ground truth)' if ap != ap else f'{ap:.2f}%'}")
+        print(f"reports:       {res['report_dir']}/predictions.csv, per_class.csv, metrics.json")
         return 0
     clips, crops = res["views"]
     n = clips * crops

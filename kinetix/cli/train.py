@@ -1,4 +1,4 @@
-"""``kinetix train CONFIG [--set section.key=value ...] [--resume CKPT]``."""
+"""``kinetix train CONFIG [--set section.key=value ...] [--resume CKPT_OR_RUN]``."""
 
 from __future__ import annotations
 
@@ -29,8 +29,9 @@ def register(sub) -> None:
     add_set_argument(p)
     p.add_argument(
         "--resume",
-        metavar="CKPT",
-        help="continue from a checkpoint folder (or a run folder: its latest checkpoint); "
+        metavar="CKPT_OR_RUN",
+        help="continue from a checkpoint folder (RUN/checkpoints/step-N) or a run folder (RUN: its latest "
+        "checkpoint); "
         "mid-epoch checkpoints resume exactly where they stopped",
     )
     p.set_defaults(func=run)

@@ -142,20 +142,26 @@ def config_from_dict(data: dict, source: str = "<dict>", lines: dict[str, int] |
     return cfg
 
 
-def parse_override(text: str) -> tuple[str, object]:
-    """``'optim.lr=0.01'`` -> ``('optim.lr', 0.01)``; the value is parsed as YAML."""
+def parse_key_value(
+    text: str, form: str = "section.key=value", example: str = "--set optim.lr=0.01 or --set eval.views=[10,3]"
+) -> tuple[str, object]:
+    """``'KEY=VALUE'`` -> ``(KEY, value)`` with the value parsed as YAML (the one KEY=VALUE parser of
+    the command line: config overrides and ``kinetix flops --set``). ``form`` and ``example`` go
+    in errors."""
     key, eq, raw = text.partition("=")
     key = key.strip()
     if not eq or not key or " " in key:
-        raise ConfigError(
-            f"bad override {text!r}: write section.key=value, e.g. --set optim.lr=0.01 "
-            "or --set eval.views=[10,3]"
-        )
+        raise ConfigError(f"bad --set {text!r}: write {form}, e.g. {example}")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as e:
-        raise ConfigError(f"bad override {text!r}: the value is not valid YAML ({e})") from e
+        raise ConfigError(f"bad --set {text!r}: the value is not valid YAML ({e})") from e
     return key, value
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """``'optim.lr=0.01'`` -> ``('optim.lr', 0.01)``; the value is parsed as YAML."""
+    return parse_key_value(text)
 
 
 def apply_overrides(cfg: Config, overrides: typing.Iterable[str]) -> Config:

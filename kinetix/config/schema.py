@@ -106,11 +106,13 @@ class TrainSection:
     ema_decay: float = 0.999
     partial_bn: bool = False  # TSN: freeze every BatchNorm but the first
     channels_last: bool = False
-    compile: bool = False  # torch.compile the model
+    compile: bool = False  # torch.compile the model for training and evaluation (needs a C++ compiler on CPU)
     checkpoint_every_n_steps: int | None = None  # mid-epoch checkpoints (resume continues exactly)
     keep_last: int = 2  # step checkpoints kept (best and final are kept too)
     val_every_n_epochs: int = 1
     log_every_n_steps: int = 10
+    loggers: list | str = field(default_factory=lambda: ["csv"])  # csv | tensorboard | any Lightning
+    #                                                              logger class name, e.g. [csv, tensorboard]
     output_dir: str = "runs"
     name: str = "experiment"  # run folder: output_dir/name (suffixed -v1, -v2 if it exists)
     progress_bar: bool = True

@@ -465,6 +465,53 @@ def parse_exclusions(path) -> set[tuple[str, int]]:
     return out
 
 
+@dataclass(frozen=True)
+class AVARow:
+    """One row of an AVA CSV: ``box`` normalised ``(x1, y1, x2, y2)``; ``last`` the 8th column (a
+    person id for ground truth, -1 when absent; a score for detections)."""
+
+    video_id: str
+    timestamp: int
+    box: tuple[float, float, float, float]
+    action: int
+    last: float
+    line: int
+
+
+def read_ava_rows(path, with_scores: bool = False, on_error: OnError = None) -> list[AVARow]:
+    """Every row of an AVA CSV (ground truth, or detections when ``with_scores``), checked for its
+    column count and numbers only. The one AVA row reader: :func:`parse_ava_csv` (datasets) and
+    :func:`kinetix.detection.ava.read_csv` (evaluation) both read through it."""
+    last_name = "score" if with_scores else "person_id"
+    out = []
+    for lineno, line in _read_lines(path):
+        parts = [s.strip() for s in line.split(",")]
+        if len(parts) != 8 and (with_scores or len(parts) != 7):
+            _fail(
+                on_error,
+                path,
+                lineno,
+                f"expected 8 fields video_id,timestamp,x1,y1,x2,y2,action_id,{last_name}; got {len(parts)}",
+            )
+            continue
+        try:
+            ts = int(float(parts[1])) if with_scores else int(parts[1])
+            x1, y1, x2, y2 = (float(v) for v in parts[2:6])
+            action = int(parts[6])
+            if with_scores:
+                last = float(parts[7])
+            else:
+                last = int(parts[7]) if len(parts) == 8 and parts[7] else -1
+        except ValueError:
+            what = "score" if with_scores else "person ids"
+            _fail(
+                on_error, path, lineno, f"timestamp/action ids must be integers, box coords and {what} numbers"
+            )
+            continue
+        out.append(AVARow(parts[0], ts, (x1, y1, x2, y2), action, last, lineno))
+    return out
+
+
 def parse_ava_csv(
     path,
     label_ids: Iterable[int] | None = None,
@@ -482,42 +529,24 @@ def parse_ava_csv(
     exclusions = exclusions or set()
     groups: dict[tuple[str, int], dict] = {}
     skipped = 0
-    for lineno, line in _read_lines(path):
-        parts = [s.strip() for s in line.split(",")]
-        if len(parts) not in (7, 8):
-            _fail(
-                on_error,
-                path,
-                lineno,
-                f"expected 8 fields video_id,timestamp,x1,y1,x2,y2,action_id,person_id; got {len(parts)}",
-            )
-            continue
-        vid = parts[0]
-        try:
-            ts = int(parts[1])
-            x1, y1, x2, y2 = (float(v) for v in parts[2:6])
-            action = int(parts[6])
-            person = int(parts[7]) if len(parts) == 8 and parts[7] else -1
-        except ValueError:
-            _fail(
-                on_error, path, lineno, "timestamp/action/person ids must be integers and box coords numbers"
-            )
-            continue
+    for row in read_ava_rows(path, False, on_error):
+        x1, y1, x2, y2 = row.box
         if not (0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1):
             _fail(
-                on_error, path, lineno, f"box {x1, y1, x2, y2} is not normalised with x1<x2, y1<y2 in [0, 1]"
+                on_error, path, row.line, f"box {x1, y1, x2, y2} is not normalised with x1<x2, y1<y2 in [0, 1]"
             )
             continue
-        if known is not None and action not in known:
+        if known is not None and row.action not in known:
             if unknown == "error":
-                _fail(on_error, path, lineno, f"action id {action} is not in the label map")
+                _fail(on_error, path, row.line, f"action id {row.action} is not in the label map")
             skipped += 1
             continue
-        if (vid, ts) in exclusions:
+        if (row.video_id, row.timestamp) in exclusions:
             continue
-        g = groups.setdefault((vid, ts), {"boxes": {}, "line": lineno})
+        g = groups.setdefault((row.video_id, row.timestamp), {"boxes": {}, "line": row.line})
+        person = int(row.last)
         key = (round(x1, 3), round(y1, 3), round(x2, 3), round(y2, 3), person)
-        g["boxes"].setdefault(key, ([x1, y1, x2, y2], person, []))[2].append(action)
+        g["boxes"].setdefault(key, ([x1, y1, x2, y2], person, []))[2].append(row.action)
     if skipped:
         log.info("%s: skipped %d rows whose action id is not in the label map", path, skipped)
     out = []

@@ -34,8 +34,9 @@ from kinetix.errors import DatasetError, KinetixError
 
 from . import annotations as ann
 from .io import open_video
-from .sampling import dense_indices, keyframe_indices, multiview_indices, segment_indices
+from .sampling import dense_indices, keyframe_indices, segment_indices, test_clip_indices
 from .transforms import Normalize
+from .views import clip_views
 
 log = logging.getLogger(__name__)
 
@@ -214,8 +215,8 @@ class VideoClassificationDataset(_RobustDataset):
         sampling: ``"segment"`` (TSN: one frame per segment) or ``"dense"`` (``T`` frames
             ``frame_interval`` apart).
         mode: ``"train"`` (random offsets) or ``"val"``/``"test"`` (fixed, ``num_clips`` views via
-            :func:`~kinetix.data.sampling.multiview_indices`; segment sampling with 2 clips uses
-            TSM's twice-sampling, segment centres + segment starts).
+            :func:`~kinetix.data.sampling.test_clip_indices`, the views ``kinetix test``,
+            ``predict`` and :func:`~kinetix.data.views.load_test_views` use too).
         num_clips: temporal views per video (train: independent random clips).
         transform: ``t(clip, target, generator) -> (clip, target)`` ending in ``Normalize``
             (default: float in [0, 1]).
@@ -305,9 +306,7 @@ class VideoClassificationDataset(_RobustDataset):
         """(num_clips, T) frame indices for an ``n``-frame video."""
         T, k = self.num_frames, self.num_clips
         if self.mode != "train":
-            if self.sampling == "segment" and k == 2:  # TSM/GSM two-clip protocol: centres + starts
-                return segment_indices(n, T, "twice")
-            return multiview_indices(n, T, k, self.sampling, self.frame_interval)
+            return test_clip_indices(n, T, k, self.sampling, self.frame_interval)
         if self.sampling == "segment":
             return np.stack([segment_indices(n, T, "train", rng) for _ in range(k)])
         return dense_indices(n, T, self.frame_interval, "train", k, rng).reshape(k, T)
@@ -338,18 +337,8 @@ class VideoClassificationDataset(_RobustDataset):
                 idx = self._indices(n, rng) + lo  # (num_clips, T)
                 frames = reader.get_frames(idx.reshape(-1))  # (num_clips * T, H, W, 3)
         frames = frames.view(self.num_clips, self.num_frames, *frames.shape[1:])
-        transform = self.transform or _TO_FLOAT
-        label = rec.label
-        views = []
-        for c in range(self.num_clips):  # loop over clips (not frames); each clip draws its params
-            clip, target = transform(frames[c], {"label": rec.label}, gen)
-            views.append(clip)
-            if c == 0:
-                label = target["label"]  # possibly swapped by a direction-aware flip
-        video = views[0] if len(views) == 1 else torch.stack(views)
-        if video.ndim == 6:  # (num_clips, crops, C, T, H, W) -> (V, C, T, H, W)
-            video = video.flatten(0, 1)
-        return {"video": video, "label": int(label), "index": index}
+        video, target = clip_views(frames, self.transform or _TO_FLOAT, {"label": rec.label}, gen)
+        return {"video": video, "label": int(target["label"]), "index": index}
 
 
 # ----------------------------------------------------------------------------- AVA

@@ -12,6 +12,8 @@ for several (TSM's twice-sampling, multi-view testing). Random ones take ``rng``
   of a ``T * interval`` window).
 - ``uniform_indices``: ``T`` evenly spaced frames over the whole video.
 - ``multiview_indices``: all temporal test views at once.
+- ``test_clip_indices``: the temporal test views every evaluation path uses (TSM's two-clip
+  protocol for 2 segment clips, ``multiview_indices`` otherwise).
 - ``keyframe_indices``: a clip centred on a keyframe (AVA: 16 frames 4 apart around the keyframe).
 
 Short videos never fail, and each family keeps the behaviour of its reference code:
@@ -31,7 +33,14 @@ from typing import Literal
 
 import numpy as np
 
-__all__ = ["dense_indices", "keyframe_indices", "multiview_indices", "segment_indices", "uniform_indices"]
+__all__ = [
+    "dense_indices",
+    "keyframe_indices",
+    "multiview_indices",
+    "segment_indices",
+    "test_clip_indices",
+    "uniform_indices",
+]
 
 
 def _check(video_frames: int, num_frames: int) -> None:
@@ -136,6 +145,24 @@ def multiview_indices(
     if sampling == "dense":
         return dense_indices(video_frames, num_frames, interval, "test", num_clips).reshape(num_clips, -1)
     raise ValueError(f"sampling must be 'segment' or 'dense', got {sampling!r}")
+
+
+def test_clip_indices(
+    video_frames: int,
+    num_frames: int,
+    num_clips: int,
+    sampling: Literal["segment", "dense"] = "segment",
+    interval: int = 1,
+) -> np.ndarray:
+    """The ``(num_clips, num_frames)`` temporal test views of a ``video_frames``-frame video.
+
+    Segment sampling with 2 clips is TSM's "twice" protocol (segment centres, then segment starts,
+    ``segment_indices(..., "twice")``); every other case is :func:`multiview_indices`. The dataset,
+    ``kinetix test`` and ``kinetix predict`` all sample test clips through this function.
+    """
+    if sampling == "segment" and num_clips == 2:
+        return segment_indices(video_frames, num_frames, "twice")
+    return multiview_indices(video_frames, num_frames, num_clips, sampling, interval)
 
 
 def keyframe_indices(center_frame: int, num_frames: int, interval: int, video_frames: int) -> np.ndarray:

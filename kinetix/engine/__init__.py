@@ -1,4 +1,4 @@
-"""Training and evaluation on Lightning: modules, data modules, optimisers, metrics, multi-view.
+"""Training and evaluation on Lightning (layout: ``docs/engine.md``).
 
 >>> from kinetix.config import load_config
 >>> from kinetix.engine import fit, test
@@ -7,15 +7,20 @@
 >>> res = test(cfg, out["checkpoint"])  # top-1/top-5, mean-class accuracy, reports
 """
 
-from .datamodule import VideoDataModule, resolve_data_settings
-from .module import ClassificationModule, TrainingDivergedError
+from .datamodule import DataSettings, VideoDataModule, resolve_data_settings
+from .module import ClassificationModule
 from .run import fit, predict, test
+from .task import TrainingDivergedError, checkpoint_config, load_weights, model_from_checkpoint
 
 __all__ = [
     "ClassificationModule",
+    "DataSettings",
     "TrainingDivergedError",
     "VideoDataModule",
+    "checkpoint_config",
     "fit",
+    "load_weights",
+    "model_from_checkpoint",
     "predict",
     "resolve_data_settings",
     "test",

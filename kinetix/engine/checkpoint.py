@@ -28,10 +28,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import av
+import lightning
 import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.plugins.io import CheckpointIO
+from safetensors.torch import load_file
 
+from kinetix import __version__
 from kinetix.errors import CheckpointError
 from kinetix.utils.state_dict import save_safetensors
 
@@ -55,21 +59,11 @@ def git_commit(path: Path | None = None) -> str | None:
 
 
 def environment() -> dict[str, Any]:
-    import lightning
-
-    import kinetix
-
-    try:
-        import av
-
-        av_version = av.__version__
-    except ImportError:  # pragma: no cover
-        av_version = None
     return {
-        "kinetix": kinetix.__version__,
+        "kinetix": __version__,
         "git_commit": git_commit(),
         "torch": torch.__version__,
-        "av": av_version,
+        "av": av.__version__,
         "lightning": lightning.__version__,
         "python": platform.python_version(),
     }
@@ -154,8 +148,6 @@ def read_checkpoint(path: str | Path) -> dict:
     """Reassemble the Lightning checkpoint dict written by :func:`write_checkpoint`."""
     path = resolve_checkpoint(path)
     _check_dir(path)
-    from safetensors.torch import load_file
-
     try:
         ckpt = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
     except Exception as e:

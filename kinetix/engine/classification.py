@@ -1,11 +1,10 @@
-"""The classification task: config -> (model, LightningModule, LightningDataModule), and evaluation.
+"""The classification task: config -> (ClassificationModule, VideoDataModule), evaluation, prediction.
 
-Every task module (this one, ``detection``) provides the same three functions, which
-:mod:`kinetix.engine.run` dispatches to from the config's ``task`` key:
-
-* ``build(cfg, stage, checkpoint=None) -> (LightningModule, LightningDataModule)``
-* ``evaluate(cfg, checkpoint, out_dir, **options) -> dict`` (metrics; writes reports into out_dir)
-* ``predict(cfg_or_none, videos, checkpoint=None, model_name=None, topk=5) -> list[dict]``
+Like every task module (see :mod:`kinetix.engine.task`), it provides ``build(cfg, stage,
+checkpoint=None) -> (LightningModule, LightningDataModule)`` and ``evaluate(cfg, checkpoint,
+out_dir) -> dict``; :mod:`kinetix.engine.run` dispatches to them from the config's ``task``.
+Test views, in the dataset and in :func:`predict_videos` alike, come from
+:func:`kinetix.data.views.load_test_views`' building blocks.
 """
 
 from __future__ import annotations
@@ -16,10 +15,19 @@ from pathlib import Path
 
 import torch
 
+from kinetix.data.datasets import VideoClassificationDataset, load_annotations
+from kinetix.data.transforms import train_transform
+from kinetix.data.views import decode_short_side, load_test_views, test_view_transform
 from kinetix.errors import ConfigError, DatasetError
 
+from .checkpoint import read_manifest
 from .datamodule import VideoDataModule, fingerprint_files, resolve_data_settings
 from .module import ClassificationModule
+from .multiview import check_views, predict_views
+from .task import build_model, load_weights, resolve_path
+from .trainer import build_trainer
+
+MONITOR = "val/top1"  # the metric a `best` checkpoint tracks for this task
 
 
 def read_class_names(path: str | Path) -> list[str]:
@@ -32,34 +40,15 @@ def read_class_names(path: str | Path) -> list[str]:
     return names
 
 
-def _ann_path(cfg, name: str) -> Path | None:
-    value = getattr(cfg.data, f"{name}_ann")
-    if value is None:
-        return None
-    p = Path(value)
-    if not p.is_absolute() and not p.exists() and cfg.data.root:
-        p = Path(cfg.data.root) / p
-    if not p.is_file():
-        raise ConfigError(f"data.{name}_ann: {p}: no such annotation file")
-    return p
-
-
-def _make_dataset(cfg, ann: Path, settings, mode: str, classes=None):
-    from kinetix.data.datasets import VideoClassificationDataset
-    from kinetix.data.transforms import test_transform, train_transform
-
+def _make_dataset(cfg, ann: Path, settings, mode: str, classes=None) -> VideoClassificationDataset:
     d = cfg.data
-    norm = dict(
-        mean=settings.mean,
-        std=settings.std,
-        channel_order=settings.channel_order,
-        value_range=settings.value_range,
-    )
-    resize = settings.test_resize or settings.input_size * 256 // 224
     if mode == "train":
         transform = train_transform(
             settings.input_size,
-            **norm,
+            settings.mean,
+            settings.std,
+            settings.channel_order,
+            settings.value_range,
             scale_jitter=d.scale_jitter,
             flip=d.flip,
             flip_label_map={int(k): int(v) for k, v in (d.flip_label_map or {}).items()} or None,
@@ -68,9 +57,9 @@ def _make_dataset(cfg, ann: Path, settings, mode: str, classes=None):
             color_jitter=d.color_jitter,
         )
         clips = 1
-    else:
+    else:  # validation: one centre view; test: the settings' views
         clips, crops = settings.test_views if mode == "test" else (1, 1)
-        transform = test_transform(settings.input_size, **norm, resize=resize, crops=crops)
+        transform = test_view_transform(settings, crops)
     return VideoClassificationDataset.from_annotations(
         ann,
         d.root,
@@ -82,7 +71,7 @@ def _make_dataset(cfg, ann: Path, settings, mode: str, classes=None):
         mode=mode,
         num_clips=clips,
         transform=transform,
-        short_side=resize,
+        short_side=decode_short_side(settings),
         max_bad_fraction=d.max_bad_fraction,
         seed=cfg.seed,
         cache_decoded=d.cache_decoded,
@@ -91,19 +80,13 @@ def _make_dataset(cfg, ann: Path, settings, mode: str, classes=None):
 
 def _classes(cfg, ann: Path | None, checkpoint) -> tuple[list[str] | None, int | None]:
     """Class names (config file, checkpoint, annotations) and the number of classes."""
-    from kinetix.data.datasets import load_annotations
-
     if cfg.data.classes:
         names = read_class_names(cfg.data.classes)
         return names, len(names)
-    if checkpoint is not None:
-        from .checkpoint import read_manifest
-
-        path = Path(checkpoint)
-        if not path.is_file():
-            names = read_manifest(path).get("class_names")
-            if names:
-                return list(names), len(names)
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        names = read_manifest(checkpoint).get("class_names")
+        if names:
+            return list(names), len(names)
     if ann is None:
         return None, None
     records, names, _ = load_annotations(ann, cfg.data.format)
@@ -112,25 +95,9 @@ def _classes(cfg, ann: Path | None, checkpoint) -> tuple[list[str] | None, int |
     return None, max((r.label for r in records), default=-1) + 1
 
 
-def build_model(cfg, num_classes: int | None):
-    from kinetix.models import create_model
-
-    kwargs = dict(cfg.model.kwargs)
-    if cfg.model.num_frames is not None:
-        kwargs["num_frames"] = cfg.model.num_frames
-    if num_classes:
-        kwargs.setdefault("num_classes", num_classes)
-    model = create_model(
-        cfg.model.name, pretrained=cfg.model.pretrained, checkpoint=cfg.model.checkpoint, **kwargs
-    )
-    if cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return model
-
-
 def build(cfg, stage: str = "fit", checkpoint=None):
     """LightningModule and LightningDataModule for ``stage`` (``fit`` or ``test``)."""
-    anns = {s: _ann_path(cfg, s) for s in ("train", "val", "test")}
+    anns = {s: resolve_path(cfg, getattr(cfg.data, f"{s}_ann"), f"data.{s}_ann") for s in ("train", "val", "test")}
     if stage == "fit" and anns["train"] is None:
         raise ConfigError("training needs data.train_ann (an annotation file)")
     if stage != "fit" and anns["test"] is None and anns["val"] is None:
@@ -168,10 +135,16 @@ def build(cfg, stage: str = "fit", checkpoint=None):
     return ClassificationModule(model, cfg, class_names, meta=meta), dm
 
 
-def evaluate(cfg, checkpoint, out_dir, *, trainer_kwargs=None, quiet: bool = False) -> dict:
-    """Multi-view test of a checkpoint: metrics dict; per-class CSV, confusion PNG, JSON in ``out_dir``."""
-    from .run import build_trainer, load_weights
+def top_classes(scores: torch.Tensor, class_names: list[str], topk: int) -> list[dict]:
+    """``[{"label", "name", "prob"}]`` of the ``topk`` classes of one video's scores ``(K,)``."""
+    probs = torch.softmax(scores.float(), -1)
+    p, i = probs.topk(min(topk, len(probs)))
+    return [{"label": int(j), "name": class_names[j], "prob": float(q)} for q, j in zip(p, i)]
 
+
+def evaluate(cfg, checkpoint, out_dir, *, trainer_kwargs=None, quiet: bool = False) -> dict:
+    """Multi-view test of a checkpoint: metrics dict; ``per_class.csv``, ``confusion.png``,
+    ``metrics.json`` and ``predictions.jsonl`` (each video's top-5) in ``out_dir``."""
     module, dm = build(cfg, "test", checkpoint=checkpoint)
     load_weights(module, checkpoint)
     out_dir = Path(out_dir)
@@ -200,14 +173,21 @@ def evaluate(cfg, checkpoint, out_dir, *, trainer_kwargs=None, quiet: bool = Fal
             f"{cfg.model.name}{' (time-reversed)' if cfg.eval.reverse_frames else ''}",
         )
         (out_dir / "metrics.json").write_text(json.dumps(res, indent=2) + "\n")
+        lines = [
+            json.dumps({
+                "video": dm.test_set._sample_path(int(i)),
+                "label": int(dm.test_set.samples[int(i)].label),
+                "top": top_classes(s, module.class_names, 5),
+            })
+            for i, s in zip(module.test_index, module.test_scores)
+        ]  # fmt: skip
+        (out_dir / "predictions.jsonl").write_text("".join(line + "\n" for line in lines))
     res["meter"] = meter
     return res
 
 
 def _distinct_views(dataset, n_views: int) -> int:
     """Distinct views of the first test sample (warns when some are duplicates)."""
-    from .multiview import check_views
-
     if n_views == 1 or len(dataset) == 0:
         return 1
     video = dataset[0]["video"]
@@ -221,35 +201,6 @@ def _distinct_views(dataset, n_views: int) -> int:
     return n
 
 
-def load_clip_views(path, settings) -> torch.Tensor:
-    """All test views of one video file: float ``(V, C, T, H, W)``, ``V = clips * crops`` spread over
-    the whole video (segment centres / dense windows from :func:`kinetix.data.sampling.multiview_indices`)."""
-    from kinetix.data.io import open_video
-    from kinetix.data.sampling import multiview_indices
-    from kinetix.data.transforms import test_transform
-
-    clips, crops = settings.test_views
-    resize = settings.test_resize or settings.input_size * 256 // 224
-    transform = test_transform(
-        settings.input_size,
-        settings.mean,
-        settings.std,
-        settings.channel_order,
-        settings.value_range,
-        resize=resize,
-        crops=crops,
-    )
-    with open_video(path, short_side=resize) as reader:
-        idx = multiview_indices(
-            reader.num_frames, settings.num_frames, clips, settings.sampling, settings.frame_interval
-        )  # (clips, T)
-        frames = reader.get_frames(idx.reshape(-1))  # (clips * T, H, W, 3)
-    frames = frames.view(clips, settings.num_frames, *frames.shape[1:])
-    views = [transform(frames[c])[0] for c in range(clips)]  # each (C, T, H, W) or (crops, C, T, H, W)
-    video = torch.stack(views)
-    return video.flatten(0, 1) if video.dim() == 6 else video  # (V, C, T, H, W)
-
-
 @torch.no_grad()
 def predict_videos(
     model,
@@ -260,22 +211,13 @@ def predict_videos(
     aggregate: str = "logits",
     reverse_frames: bool = False,
 ) -> list[dict]:
-    """Top-k classes of each video file (multi-view over the whole video)."""
-    from .multiview import predict_views
-
+    """Top-k classes of each video file, scored on its test views (:func:`load_test_views`)."""
     model.eval()
     k = model.pretrained_cfg.num_classes
     names = class_names if class_names and len(class_names) == k else [str(i) for i in range(k)]
     out = []
     for path in videos:
-        views = load_clip_views(path, settings)
-        probs = torch.softmax(predict_views(model, views[None], aggregate, reverse_frames)[0], -1)
-        p, i = probs.topk(min(topk, k))
-        out.append(
-            {
-                "video": str(path),
-                "views": int(views.shape[0]),
-                "top": [{"label": int(j), "name": names[j], "prob": float(q)} for q, j in zip(p, i)],
-            }
-        )
+        views = load_test_views(path, settings)  # (V, C, T, H, W)
+        scores = predict_views(model, views[None], aggregate, reverse_frames)[0]  # (K,)
+        out.append({"video": str(path), "views": int(views.shape[0]), "top": top_classes(scores, names, topk)})
     return out

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-from dataclasses import dataclass
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -23,25 +22,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from kinetix.data.views import DataSettings
 from kinetix.errors import ConfigError
 
-from .module import derive_seed
 
-
-@dataclass(frozen=True)
-class DataSettings:
-    """What the data pipeline needs from the model (plus explicit config overrides)."""
-
-    num_frames: int
-    input_size: int
-    mean: tuple
-    std: tuple
-    channel_order: str
-    value_range: float
-    sampling: str
-    frame_interval: int
-    test_views: tuple[int, int]
-    test_resize: int | None
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (stable across processes and Python versions)."""
+    h = hashlib.blake2b(",".join(str(int(p)) for p in parts).encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") & ((1 << 63) - 1)
 
 
 def resolve_data_settings(pretrained_cfg, data_cfg, eval_cfg=None) -> DataSettings:
@@ -151,7 +139,8 @@ def fingerprint_files(paths) -> str | None:
 
 class VideoDataModule(pl.LightningDataModule):
     """Loaders over ready-made datasets (``train``, ``val``, ``test``: map-style, items are dicts
-    ``{"video", "label", "index"}``). Build one from a config with :func:`build_datamodule`."""
+    ``{"video", "label", "index"}``). The task modules build one from a config; ``collate_fn``
+    batches the items (default: stacking; detection: ``collate_detection``)."""
 
     def __init__(
         self,
@@ -165,12 +154,14 @@ class VideoDataModule(pl.LightningDataModule):
         seed: int = 0,
         class_names: list[str] | None = None,
         fingerprint: str | None = None,
+        collate_fn=None,
     ):
         super().__init__()
         self.train_set, self.val_set, self.test_set = train, val, test
         self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
         self.num_workers, self.seed = num_workers, seed
         self.class_names, self.fingerprint = class_names, fingerprint
+        self.collate_fn = collate_fn
         self._train_sampler: ResumableSampler | None = None
         self._resume: dict | None = None
 
@@ -185,6 +176,7 @@ class VideoDataModule(pl.LightningDataModule):
             sampler=sampler,
             num_workers=self.num_workers,
             drop_last=drop_last,
+            collate_fn=self.collate_fn,
             persistent_workers=False,
             pin_memory=False,
         )

@@ -26,8 +26,15 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import torch
+
 import kinetix
+from kinetix.config import config_from_dict
+from kinetix.data.synthetic import generate_temporal
 from kinetix.errors import ConfigError
+from kinetix.utils.state_dict import atomic_path
+
+from .run import fit, test
 
 MARKER = ".kinetix-demo"
 # Three time-reversed pairs whose direction a small network learns within the CPU budget, plus an
@@ -95,7 +102,6 @@ PRESETS = {
 
 def demo_config(preset: DemoPreset, model: str, data_dir: Path, runs_dir: Path, seed: int, progress: bool):
     """The complete config the demo trains ``model`` with (also written beside each run)."""
-    from kinetix.config import config_from_dict
 
     vit = "timesformer" in model or "vivit" in model
     model_kwargs = {"img_size": preset.size} if vit else {"dropout": 0.0, **preset.model_kwargs}
@@ -158,11 +164,6 @@ def run_demo(
     out_dir: str | Path = "demo_out", mode: str = "full", seed: int = 0, progress: bool = True, log=print
 ) -> dict:
     """Run the demo; returns the report dict (also written to ``out_dir/report.json``)."""
-    import torch
-
-    from kinetix.data.synthetic import generate_temporal
-
-    from .run import fit, test
 
     if mode not in PRESETS:
         raise ConfigError(f"demo mode must be one of {', '.join(PRESETS)}, got {mode!r}")
@@ -334,8 +335,6 @@ def _plots(out: Path, results: dict, curves: dict) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from kinetix.utils.state_dict import atomic_path
 
     models = list(results)
     x = range(len(models))

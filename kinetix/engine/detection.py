@@ -1,7 +1,8 @@
-"""The detection task (EVAD on AVA-format data): config -> (LightningModule, DataModule), evaluation.
+"""The detection task (EVAD on AVA-format data): config -> (DetectionModule, DataModule), evaluation,
+and detection on video files.
 
-Same three functions as :mod:`kinetix.engine.classification`, dispatched from ``task: detection``:
-``build(cfg, stage, checkpoint=None)``, ``evaluate(cfg, checkpoint, out_dir)``, ``predict(...)``.
+Same skeleton as :mod:`kinetix.engine.classification` (see :mod:`kinetix.engine.task`), dispatched
+from ``task: detection``: ``build(cfg, stage, checkpoint=None)``, ``evaluate(cfg, checkpoint, out_dir)``.
 
 Config keys (besides the shared sections): ``data.root`` (folder of the annotation files),
 ``data.train_ann`` / ``val_ann`` / ``test_ann`` (AVA CSVs), ``data.input_size`` (short side; null: the
@@ -11,7 +12,11 @@ model's), ``data.flip``; and in ``extra``:
 * ``video_root`` (folder of ``<video_id>.<ext>``, relative to ``data.root``; default ``data.root``),
 * ``time_offset`` (seconds subtracted from timestamps; 900 for the official AVA cuts, 0 otherwise),
 * ``head_lr_scale`` (LR multiplier of the heads, 8 as in EVAD), ``subset_60`` (evaluate the 60 AVA
-  challenge classes), ``capacity`` (detections kept per keyframe in evaluation, 50).
+  challenge classes), ``protocol`` (``activitynet``: the official evaluator, or ``slowfast``: EVAD's,
+  see :mod:`kinetix.detection.ava`), ``capacity`` (detections kept per keyframe, activitynet: 50).
+
+Validation (``val/mAP``) and ``kinetix test`` apply the same protocol; ``kinetix test`` reports
+:func:`kinetix.detection.ava.evaluate` of the ``predictions.csv`` it writes, so the two agree exactly.
 
 Batches from :func:`kinetix.data.datasets.collate_detection`: ``video (B, C, T, H, W)``, per-clip
 ``boxes (M, 4)`` pixels and multi-hot ``labels (M, K)`` (index = label-map id − 1), ``meta``.
@@ -22,18 +27,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import lightning.pytorch as pl
+import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
+from kinetix.data.datasets import AVADataset, collate_detection
+from kinetix.data.io import open_video
+from kinetix.data.sampling import keyframe_indices
+from kinetix.data.transforms import detection_transform
 from kinetix.detection import ava
 from kinetix.errors import ConfigError, DatasetError
 
 from .datamodule import VideoDataModule, fingerprint_files, resolve_data_settings
-from .module import TrainingDivergedError, checkpoint_metadata, derive_seed
-from .optim import build_scheduler
+from .task import TaskModule, build_model, load_weights, model_from_checkpoint, resolve_path
+from .trainer import build_trainer
 
-MONITOR = "val/mAP"  # the metric a `best` checkpoint should track for this task
+MONITOR = "val/mAP"  # the metric a `best` checkpoint tracks for this task
 
 EXTRA_DEFAULTS = {
     "label_map": None,
@@ -42,6 +50,7 @@ EXTRA_DEFAULTS = {
     "time_offset": 0.0,
     "head_lr_scale": 8.0,
     "subset_60": False,
+    "protocol": "activitynet",
     "capacity": 50,
 }
 
@@ -50,36 +59,14 @@ def extra_settings(cfg) -> dict:
     unknown = set(cfg.extra) - set(EXTRA_DEFAULTS)
     if unknown:
         raise ConfigError(f"extra: unknown detection keys {sorted(unknown)}; known: {sorted(EXTRA_DEFAULTS)}")
-    return {**EXTRA_DEFAULTS, **cfg.extra}
-
-
-def _path(cfg, value, key: str, must_exist: bool = True) -> Path | None:
-    if value is None:
-        return None
-    p = Path(value)
-    if not p.is_absolute() and cfg.data.root and not p.exists():
-        p = Path(cfg.data.root) / p
-    if must_exist and not p.exists():
-        raise ConfigError(f"{key}: {p}: no such file or folder")
-    return p
-
-
-class DetectionDataModule(VideoDataModule):
-    """:class:`VideoDataModule` whose loaders batch with ``collate_detection``."""
-
-    def _loader(self, dataset, sampler, batch_size, drop_last=False) -> DataLoader:
-        from kinetix.data.datasets import collate_detection
-
-        return DataLoader(
-            dataset, batch_size=batch_size, sampler=sampler, num_workers=self.num_workers,
-            drop_last=drop_last, collate_fn=collate_detection,
-        )  # fmt: skip
+    ex = {**EXTRA_DEFAULTS, **cfg.extra}
+    if ex["protocol"] not in ava.PROTOCOLS:
+        raise ConfigError(f"extra.protocol: {ex['protocol']!r} is not one of {', '.join(ava.PROTOCOLS)}")
+    return ex
 
 
 def rows_from_outputs(outputs, metas, class_ids: list[int]) -> dict:
     """``{(video_id, timestamp): [(box normalised (4,), action_id, score), ...]}`` of a batch."""
-    import numpy as np
-
     out = {}
     ids = np.asarray(class_ids)
     for o, meta in zip(outputs, metas):
@@ -103,38 +90,31 @@ def gt_rows(batch, class_ids: list[int]) -> dict:
     return out
 
 
-class DetectionModule(pl.LightningModule):
+class DetectionModule(TaskModule):
     """Train / evaluate a detector whose ``forward(x, targets)`` returns losses and ``forward(x)``
     a list of :class:`~kinetix.detection.evad.DetectionOutput`."""
 
     def __init__(self, model, cfg, label_map: dict[int, str], meta: dict | None = None):
-        super().__init__()
-        self.model, self.cfg = model, cfg
+        num_classes = int(model.pretrained_cfg.num_classes)
+        self_ids = list(range(1, num_classes + 1))  # model index k <-> label-map id k + 1
+        super().__init__(model, cfg, [label_map.get(i, str(i)) for i in self_ids], meta)
         self.label_map = dict(label_map)
-        self.num_classes = int(model.pretrained_cfg.num_classes)
-        self.class_ids = list(range(1, self.num_classes + 1))  # model index k <-> label-map id k + 1
-        self.class_names = [self.label_map.get(i, str(i)) for i in self.class_ids]
-        self.meta = dict(meta or {})
+        self.class_ids = self_ids
         self.extra = extra_settings(cfg)
-        self.ema = None
+        self.eval_ids = [c for c in self.class_ids if c in self.label_map]  # the label-map whitelist
+        if self.extra["subset_60"]:
+            self.eval_ids = [c for c in self.eval_ids if c in ava.AVA_60_CLASSES]
         self._gt, self._det = {}, {}
         self.test_results: dict = {}
 
-    def forward(self, x):
-        return self.model(x)
-
-    def on_train_batch_start(self, batch, batch_idx) -> None:
-        torch.manual_seed(derive_seed(self.cfg.seed, self.global_step, self.global_rank, 1))
+    def head_lr_mult(self) -> float:
+        return float(self.extra["head_lr_scale"])
 
     def training_step(self, batch, batch_idx):
         targets = [{"boxes": b, "actions": y} for b, y in zip(batch["boxes"], batch["labels"])]
         losses = self.model(batch["video"], targets)
         loss = losses["loss"]
-        if not bool(torch.isfinite(loss.detach())):
-            raise TrainingDivergedError(
-                f"loss is {loss.item()} at step {self.global_step}: lower optim.lr, add warm-up or set "
-                "train.gradient_clip_val, then resume with --resume"
-            )
+        self.check_finite(loss)
         n = len(targets)
         for k, v in losses.items():
             self.log(
@@ -142,43 +122,17 @@ class DetectionModule(pl.LightningModule):
             )
         return loss
 
-    def configure_optimizers(self):
-        o = self.cfg.optim
-        skip = set(self.model.no_weight_decay())
-        heads = getattr(self.model, "head_parameter_names", set)()
-        groups: dict[tuple, dict] = {}
-        for name, p in self.model.named_parameters():
-            if not p.requires_grad:
-                continue
-            no_decay = (o.no_decay_1d and p.ndim <= 1) or name in skip
-            scale = float(self.extra["head_lr_scale"]) if name in heads else 1.0
-            g = groups.setdefault((no_decay, scale), {"params": [], "lr": o.lr * scale, "lr_scale": scale,
-                                                      "weight_decay": 0.0 if no_decay else o.weight_decay})  # fmt: skip
-            g["params"].append(p)
-        groups = list(groups.values())
-        if o.name == "adamw":
-            opt = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps)
-        else:
-            opt = torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        sched = build_scheduler(opt, self.cfg.schedule, total, total / max(1, self.trainer.max_epochs or 1))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
     # evaluation: collect AVA rows, frame-mAP at the end
     def _collect(self, batch) -> None:
-        outputs = self.model(batch["video"])
+        outputs = self.eval_model(batch["video"])
         self._det.update(rows_from_outputs(outputs, batch["meta"], self.class_ids))
         self._gt.update(gt_rows(batch, self.class_ids))
 
-    def _frame_map(self) -> dict:
-        ids = self.class_ids
-        if self.extra["subset_60"]:
-            ids = [c for c in ids if c in ava.AVA_60_CLASSES]
-        det = {k: sorted(v, key=lambda r: -r[2])[: self.extra["capacity"]] for k, v in self._det.items()}
-        aps = ava.frame_ap(self._gt, det, ids)
-        valid = [v for v in aps.values() if v == v]
-        return {"mAP": 100.0 * sum(valid) / len(valid) if valid else float("nan"),
-                "per_class": {c: 100.0 * ap for c, ap in aps.items()}}  # fmt: skip
+    def frame_map(self) -> dict:
+        """Frame-mAP (percent) of the collected rows under the configured protocol."""
+        return ava.frame_map(
+            self._gt, self._det, self.eval_ids, protocol=self.extra["protocol"], capacity=self.extra["capacity"]
+        )
 
     def on_validation_epoch_start(self) -> None:
         self._gt, self._det = {}, {}
@@ -187,7 +141,7 @@ class DetectionModule(pl.LightningModule):
         self._collect(batch)
 
     def on_validation_epoch_end(self) -> None:
-        self.log("val/mAP", self._frame_map()["mAP"], prog_bar=True)
+        self.log("val/mAP", self.frame_map()["mAP"], prog_bar=True)
 
     def on_test_epoch_start(self) -> None:
         self._gt, self._det = {}, {}
@@ -196,41 +150,37 @@ class DetectionModule(pl.LightningModule):
         self._collect(batch)
 
     def on_test_epoch_end(self) -> None:
-        self.test_results = self._frame_map()
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["kinetix"] = checkpoint_metadata(self)
+        self.test_results = self.frame_map()
 
 
-def _dataset(cfg, ann: Path, settings, mode: str, label_map: dict, ex: dict):
-    from kinetix.data.datasets import AVADataset
-    from kinetix.data.transforms import detection_transform
-
+def _dataset(cfg, ann: Path, settings, mode: str, label_map: dict, ex: dict) -> AVADataset:
     short = settings.input_size
     transform = detection_transform(
         short, settings.mean, settings.std, settings.channel_order, settings.value_range,
         train=mode == "train", flip=cfg.data.flip,
     )  # fmt: skip
     video_root = (
-        _path(cfg, ex["video_root"], "extra.video_root") if ex["video_root"] else Path(cfg.data.root or ".")
+        resolve_path(cfg, ex["video_root"], "extra.video_root") if ex["video_root"] else Path(cfg.data.root or ".")
     )
     return AVADataset(
         ann, video_root, label_map, num_frames=settings.num_frames, frame_interval=settings.frame_interval,
-        exclusions=_path(cfg, ex["exclusions"], "extra.exclusions"), transform=transform, short_side=short,
-        time_offset=float(ex["time_offset"]), mode=mode, max_bad_fraction=cfg.data.max_bad_fraction,
-        seed=cfg.seed,
+        exclusions=resolve_path(cfg, ex["exclusions"], "extra.exclusions"), transform=transform,
+        short_side=short, time_offset=float(ex["time_offset"]), mode=mode,
+        max_bad_fraction=cfg.data.max_bad_fraction, seed=cfg.seed,
     )  # fmt: skip
+
+
+def _label_map(cfg, ex: dict) -> dict[int, str]:
+    if ex["label_map"] is None:
+        raise ConfigError("detection configs need extra.label_map (an AVA label-map .pbtxt)")
+    return ava.read_label_map(resolve_path(cfg, ex["label_map"], "extra.label_map"))
 
 
 def build(cfg, stage: str = "fit", checkpoint=None):
     """LightningModule and DataModule of a detection config for ``stage`` (``fit`` or ``test``)."""
-    from .classification import build_model
-
     ex = extra_settings(cfg)
-    if ex["label_map"] is None:
-        raise ConfigError("detection configs need extra.label_map (an AVA label-map .pbtxt)")
-    label_map = ava.read_label_map(_path(cfg, ex["label_map"], "extra.label_map"))
-    anns = {s: _path(cfg, getattr(cfg.data, f"{s}_ann"), f"data.{s}_ann") for s in ("train", "val", "test")}
+    label_map = _label_map(cfg, ex)
+    anns = {s: resolve_path(cfg, getattr(cfg.data, f"{s}_ann"), f"data.{s}_ann") for s in ("train", "val", "test")}
     if stage == "fit" and anns["train"] is None:
         raise ConfigError("training needs data.train_ann (an AVA CSV)")
     if stage != "fit" and anns["test"] is None and anns["val"] is None:
@@ -248,92 +198,64 @@ def build(cfg, stage: str = "fit", checkpoint=None):
         if len(ds) == 0:
             raise DatasetError(f"the {split} split has no annotated keyframes")
     fingerprint = fingerprint_files(anns.values())
-    dm = DetectionDataModule(
+    module = DetectionModule(
+        model,
+        cfg,
+        label_map,
+        meta={"dataset_fingerprint": fingerprint, "data_settings": dict(settings.__dict__), "label_map": label_map},
+    )
+    dm = VideoDataModule(
         sets.get("train"), sets.get("val"), sets.get("test"), batch_size=cfg.data.batch_size,
         val_batch_size=cfg.data.val_batch_size, num_workers=cfg.data.num_workers, seed=cfg.seed,
-        class_names=[label_map.get(i, str(i)) for i in range(1, max(label_map) + 1)], fingerprint=fingerprint,
+        class_names=module.class_names, fingerprint=fingerprint, collate_fn=collate_detection,
     )  # fmt: skip
-    meta = {
-        "dataset_fingerprint": fingerprint,
-        "data_settings": dict(settings.__dict__),
-        "label_map": label_map,
-    }
-    return DetectionModule(model, cfg, label_map, meta=meta), dm
+    return module, dm
 
 
 def evaluate(cfg, checkpoint, out_dir, *, trainer_kwargs=None, quiet: bool = False) -> dict:
-    """Frame-mAP@0.5 of a checkpoint on the test (or val) split; writes ``predictions.csv`` (AVA
-    format), ``per_class.csv`` and ``metrics.json`` into ``out_dir``."""
-    from .run import build_trainer, load_weights
-
+    """Frame-mAP@0.5 of a checkpoint on the test (or val) split: writes ``predictions.csv`` (AVA
+    format) and reports :func:`kinetix.detection.ava.evaluate` of it against the annotations, with
+    ``per_class.csv`` and ``metrics.json`` in ``out_dir``. ``per_class`` maps each label-map id to
+    ``(name, AP percent)``."""
+    ex = extra_settings(cfg)
     module, dm = build(cfg, "test", checkpoint=checkpoint)
     load_weights(module, checkpoint)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     trainer = build_trainer(cfg, out_dir, stage="test", **(trainer_kwargs or {}))
     trainer.test(module, datamodule=dm, verbose=False)
-    res = dict(module.test_results)
-    res["checkpoint"] = str(checkpoint)
-    if trainer.is_global_zero:
-        rows = [
-            (vid, ts, *box, a, s) for (vid, ts), items in sorted(module._det.items()) for box, a, s in items
-        ]
-        ava.write_csv(out_dir / "predictions.csv", rows)
-        lines = ["class_id,name,ap"] + [
-            f"{c},{module.label_map.get(c, c)},{ap:.4f}" for c, ap in res["per_class"].items()
-        ]
-        (out_dir / "per_class.csv").write_text("\n".join(lines) + "\n")
-        (out_dir / "metrics.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
+    rows = [(vid, ts, *box, a, s) for (vid, ts), items in sorted(module._det.items()) for box, a, s in items]
+    ava.write_csv(out_dir / "predictions.csv", rows)
+    ann = resolve_path(cfg, cfg.data.test_ann or cfg.data.val_ann, "data.test_ann")
+    labels = {c: module.label_map[c] for c in module.eval_ids}
+    res = ava.evaluate(
+        ann, out_dir / "predictions.csv", labels,
+        exclusions=resolve_path(cfg, ex["exclusions"], "extra.exclusions"),
+        protocol=ex["protocol"], capacity=ex["capacity"],
+    )  # fmt: skip
+    res.update(protocol=ex["protocol"], checkpoint=str(checkpoint), report_dir=str(out_dir))
+    lines = ["class_id,name,ap"] + [f"{c},{name},{ap:.4f}" for c, (name, ap) in res["per_class"].items()]
+    (out_dir / "per_class.csv").write_text("\n".join(lines) + "\n")
+    (out_dir / "metrics.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
     return res
 
 
 def load_detector(checkpoint: str | Path):
     """``(model, class_names, settings)`` from a kinetix checkpoint folder / run folder / weights
     file that carries its config (``kinetix train`` writes those)."""
-    from kinetix.models import create_model
-
-    from .run import checkpoint_config, load_weights
-
-    cfg = checkpoint_config(checkpoint)
-    if cfg.task != "detection":
-        raise ConfigError(f"{checkpoint}: is a {cfg.task!r} checkpoint, not a detection one")
-    names = _checkpoint_class_names(checkpoint)
-    kwargs = {**cfg.model.kwargs, "num_classes": len(names)}
-    if cfg.model.num_frames is not None:
-        kwargs["num_frames"] = cfg.model.num_frames
-    model = create_model(cfg.model.name, **kwargs)
-
-    class _Holder:  # load_weights works on anything with a .model (and an optional .ema)
-        ema = None
-
-    holder = _Holder()
-    holder.model = model
-    load_weights(holder, checkpoint)
-    settings = resolve_data_settings(model.pretrained_cfg, cfg.data, cfg.eval)
-    return model.eval(), names, settings
-
-
-def _checkpoint_class_names(checkpoint) -> list[str]:
-    from .checkpoint import read_manifest
-
-    path = Path(checkpoint)
-    if path.is_file():
-        from kinetix.models import weights_metadata
-
-        names = json.loads(weights_metadata(path).get("class_names") or "null")
-    else:
-        names = read_manifest(path).get("class_names")
+    model, cfg, names = model_from_checkpoint(checkpoint)
+    if cfg is None or cfg.task != "detection":
+        what = "carries no config" if cfg is None else f"is a {cfg.task!r} checkpoint"
+        raise ConfigError(f"{checkpoint}: {what}, not a trained detector (`kinetix train` on a detection config)")
     if not names:
         raise ConfigError(f"{checkpoint}: carries no class names; was it written by `kinetix train`?")
-    return list(names)
+    return model, names, resolve_data_settings(model.pretrained_cfg, cfg.data, cfg.eval)
 
 
 def keyframe_clip(reader, key: int, settings) -> tuple[torch.Tensor, torch.Tensor]:
     """The detector's input ``(3, T, h, w)`` for the clip centred on frame ``key`` of an open
-    ``reader``, and the clip's decoded frames ``(T, H, W, 3)`` uint8."""
-    from kinetix.data.sampling import keyframe_indices
-    from kinetix.data.transforms import detection_transform
-
+    ``reader`` (the frames and transform :class:`~kinetix.data.datasets.AVADataset` uses in test
+    mode), and the clip's decoded frames ``(T, H, W, 3)`` uint8."""
     transform = detection_transform(settings.input_size, settings.mean, settings.std, settings.channel_order,
                                     settings.value_range, train=False)  # fmt: skip
     frames = reader.get_frames(
@@ -349,10 +271,6 @@ def detect_video(model, video, settings, every: float = 1.0, batch_size: int = 2
     Returns ``(keyframes, detections, fps, size)``: keyframe frame indices, one
     :class:`~kinetix.detection.evad.DetectionOutput` per keyframe with boxes in the video's own
     pixels, the frame rate and ``(H, W)``."""
-    import numpy as np
-
-    from kinetix.data.io import open_video
-
     with open_video(video) as reader:
         n, fps = reader.num_frames, reader.fps
         H, W = reader.height, reader.width
@@ -365,16 +283,3 @@ def detect_video(model, video, settings, every: float = 1.0, batch_size: int = 2
                 o.boxes = o.boxes * torch.tensor([W / w, H / h, W / w, H / h])
                 outs.append(o)
     return keys, outs, fps, (H, W)
-
-
-def predict(cfg, videos, checkpoint=None, model_name=None, **kwargs) -> list[dict]:
-    """Detections at 1 s keyframes of each video: ``[{"video", "keyframes", "detections"}]``."""
-    if checkpoint is None:
-        raise ConfigError("detection predictions need --checkpoint (a trained detector)")
-    model, names, settings = load_detector(checkpoint)
-    res = []
-    for v in videos:
-        keys, dets, fps, _ = detect_video(model, v, settings)
-        res.append({"video": str(v), "keyframes": keys.tolist(), "fps": fps, "detections": dets,
-                    "class_names": names})  # fmt: skip
-    return res

@@ -2,8 +2,9 @@
 
 Input batches are dicts ``{"video": float (B, C, T, H, W) or (B, V, C, T, H, W), "label": (B,)}``;
 the model maps ``(B, C, T, H, W)`` to logits ``(B, K)``. Training: cross-entropy with label smoothing,
-optional mixup/CutMix (soft targets), partial BN, EMA of the weights. Validation/test: multi-view
-aggregation (:mod:`kinetix.engine.multiview`), optionally on time-reversed clips.
+optional mixup/CutMix (soft targets); partial BN, EMA, seeding and the optimiser come from
+:class:`~kinetix.engine.task.TaskModule`. Validation/test: multi-view aggregation
+(:mod:`kinetix.engine.multiview`), optionally on time-reversed clips.
 
 Reproducibility: the global RNG (dropout, drop-path, mixup) is re-seeded at every step from
 ``(seed, global_step, rank)``, so a run resumed from a mid-epoch checkpoint draws the same numbers
@@ -12,67 +13,31 @@ as an uninterrupted one.
 
 from __future__ import annotations
 
-import hashlib
-
-import lightning.pytorch as pl
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-from kinetix.errors import KinetixError
+from kinetix.data.transforms import MixupCutmix
 
-from .ema import ModelEMA
+from .datamodule import derive_seed
 from .metrics import ClassificationMeter
 from .multiview import predict_views
-from .optim import build_optimizer, build_scheduler
+from .task import TaskModule, TrainingDivergedError, checkpoint_metadata
+
+__all__ = ["ClassificationModule", "TrainingDivergedError", "checkpoint_metadata", "derive_seed"]
 
 
-class TrainingDivergedError(KinetixError):
-    """The loss became NaN or infinite; training stopped before the weights were updated."""
-
-
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (stable across processes and Python versions)."""
-    h = hashlib.blake2b(",".join(str(int(p)) for p in parts).encode(), digest_size=8).digest()
-    return int.from_bytes(h, "little") & ((1 << 63) - 1)
-
-
-def set_partial_bn(model: nn.Module) -> int:
-    """TSN partial BN: every BatchNorm but the first is put in eval mode with frozen affine params.
-
-    Returns the number of frozen BatchNorm layers."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for m in bns[1:]:
-        m.eval()
-        m.requires_grad_(False)
-    return len(bns[1:])
-
-
-class ClassificationModule(pl.LightningModule):
+class ClassificationModule(TaskModule):
     """Train/evaluate ``model`` with the settings of a :class:`kinetix.config.Config`.
 
-    Args:
-        model: a registered recogniser (``forward(x) -> logits``).
-        cfg: the resolved config (``optim``, ``schedule``, ``train``, ``eval`` sections are read).
-        class_names: names of the classes (saved with every checkpoint).
-        meta: extra metadata saved with every checkpoint (dataset fingerprint, ...).
-    """
+    After a test run, ``test_results`` holds the metrics and ``test_scores`` the aggregated scores
+    ``(N, K)`` of every test sample, in dataset order (``test_index``)."""
 
-    def __init__(self, model: nn.Module, cfg, class_names: list[str] | None = None, meta: dict | None = None):
-        super().__init__()
-        self.model, self.cfg = model, cfg
-        self.num_classes = int(model.pretrained_cfg.num_classes)
-        self.class_names = class_names or [str(i) for i in range(self.num_classes)]
-        self.meta = dict(meta or {})
+    def __init__(self, model, cfg, class_names: list[str] | None = None, meta: dict | None = None):
+        super().__init__(model, cfg, class_names, meta)
         t = cfg.train
-        if t.partial_bn:
-            set_partial_bn(model)
-        self.ema = ModelEMA(model, t.ema_decay) if t.ema else None
         self.mixer = None
         if t.mixup_alpha > 0 or t.cutmix_alpha > 0:
-            from kinetix.data.transforms import MixupCutmix
-
             self.mixer = MixupCutmix(
                 t.mixup_alpha,
                 t.cutmix_alpha,
@@ -85,32 +50,15 @@ class ClassificationModule(pl.LightningModule):
         self.test_meter = ClassificationMeter(self.num_classes, ks)
         self.reverse_frames = cfg.eval.reverse_frames
         self.aggregate = cfg.eval.aggregate
-        self.test_outputs: list[
-            tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-        ] = []  # (index, scores, label)
-
-    # ----------------------------------------------------------------------------------- model
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
-
-    @property
-    def eval_model(self) -> nn.Module:
-        return self.ema.module if self.ema is not None else self.model
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self.ema is not None:
-            self.ema.eval()
-        if mode and self.cfg.train.partial_bn:
-            set_partial_bn(self.model)
-        return self
+        self.test_results: dict = {}
+        self.test_index, self.test_scores = torch.zeros(0, dtype=torch.long), torch.zeros(0, self.num_classes)
+        self._test_parts: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     # -------------------------------------------------------------------------------- training
     def on_train_batch_start(self, batch, batch_idx) -> None:
-        seed = derive_seed(self.cfg.seed, self.global_step, self.global_rank, 1)
-        torch.manual_seed(seed)
+        super().on_train_batch_start(batch, batch_idx)
         if self.mixer is not None:
-            self.mixer.rng = np.random.default_rng(seed)
+            self.mixer.rng = np.random.default_rng(derive_seed(self.cfg.seed, self.global_step, self.global_rank, 1))
 
     def training_step(self, batch, batch_idx):
         x, y = batch["video"], batch["label"]
@@ -118,39 +66,17 @@ class ClassificationModule(pl.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last_3d)
         if self.mixer is not None:
             x, target = self.mixer(x, y)  # soft targets (B, K), label smoothing included
-            logits = self.model(x)
+            logits = self.net(x)
             loss = torch.sum(-target * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
         else:
-            logits = self.model(x)
+            logits = self.net(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.train.label_smoothing)
-        bad = not bool(torch.isfinite(loss.detach()))
-        if self.trainer.world_size > 1:
-            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
-        if bad:
-            ckpts = self.meta.get("checkpoint_dir", "the run's checkpoints/ folder")
-            raise TrainingDivergedError(
-                f"loss is {loss.item()} at epoch {self.current_epoch}, step {self.global_step}: training "
-                f"stopped before this update; the last good checkpoint is intact in {ckpts}. Lower "
-                "optim.lr, add warm-up (schedule.warmup_epochs), set train.gradient_clip_val, or use "
-                "train.precision=32-true, then resume with --resume."
-            )
+        self.check_finite(loss)
         self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=len(y))
         if self.mixer is None:
             acc = (logits.detach().argmax(-1) == y).float().mean() * 100
             self.log("train/top1", acc, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(y))
         return loss
-
-    def optimizer_step(self, *args, **kwargs):
-        super().optimizer_step(*args, **kwargs)
-        if self.ema is not None:  # once per optimiser step, before checkpoint callbacks run
-            self.ema.update(self.model)
-
-    def configure_optimizers(self):
-        optimizer = build_optimizer(self.model, self.cfg.optim)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        steps_per_epoch = total / max(1, self.trainer.max_epochs or 1)
-        scheduler = build_scheduler(optimizer, self.cfg.schedule, total, steps_per_epoch)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------------------ evaluation
     def _scores(self, batch) -> torch.Tensor:
@@ -179,37 +105,24 @@ class ClassificationModule(pl.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self.test_meter.reset()
-        self.test_outputs = []
+        self._test_parts = []
 
     def test_step(self, batch, batch_idx):
         scores = self._scores(batch)
         self.test_meter.update(scores, batch["label"])
-        idx = batch.get("index", torch.full_like(batch["label"], -1))
-        self.test_outputs.append((idx.cpu(), scores.float().cpu(), batch["label"].cpu()))
+        index = batch.get("index")
+        if index is None:  # datasets without an index: batches come in order (no shuffling in test)
+            done = sum(len(i) for i, _ in self._test_parts)
+            index = torch.arange(done, done + len(scores))
+        self._test_parts.append((index.cpu(), scores.float().cpu()))
 
     def on_test_epoch_end(self) -> None:
         self.test_results = self._reduce(self.test_meter)
+        if self._test_parts:
+            index = torch.cat([i for i, _ in self._test_parts])
+            order = index.argsort()
+            self.test_index = index[order]
+            self.test_scores = torch.cat([s for _, s in self._test_parts])[order]
 
     def predict_step(self, batch, batch_idx):
         return F.softmax(self._scores(batch).float(), dim=-1)
-
-    # ------------------------------------------------------------------------------ checkpoints
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["kinetix"] = checkpoint_metadata(self)
-
-
-def checkpoint_metadata(module: pl.LightningModule) -> dict:
-    """What kinetix stores beside the weights in every checkpoint of a task module: model name and
-    PretrainedCfg, the resolved config (dict and YAML), class names, current metrics, run meta."""
-    from kinetix.config import config_to_dict, config_to_yaml
-
-    metrics = {k: float(v) for k, v in module.trainer.callback_metrics.items() if v.numel() == 1}
-    return {
-        "model_name": getattr(module.model, "model_name", type(module.model).__name__),
-        "pretrained_cfg": module.model.pretrained_cfg.to_dict(),
-        "config": config_to_dict(module.cfg),
-        "config_yaml": config_to_yaml(module.cfg),
-        "class_names": module.class_names,
-        "metrics": metrics,
-        **{k: v for k, v in module.meta.items() if k != "checkpoint_dir"},
-    }

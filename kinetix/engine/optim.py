@@ -7,7 +7,8 @@ Parameter groups (timm/BEiT style):
 * layer-wise LR decay: parameter at depth ``i`` of ``L`` gets ``lr * layer_decay ** (L + 1 - i)``
   (embeddings at depth 0, the classifier at ``L + 1``), depth read from ``blocks.N`` / ``layers.N`` /
   ``layerN`` in the name or from an optional ``model.lr_layer_id(name)``;
-* the classifier (``model.get_classifier()``) gets ``lr * head_lr_mult``.
+* the head (``model.head_parameter_names()``, else ``model.get_classifier()``) gets
+  ``lr * head_lr_mult``.
 
 Schedules are per optimiser step: linear warm-up from ``lr * warmup_start_factor``, then cosine to
 ``lr * min_lr_ratio`` or step decay (``*= gamma`` at each milestone epoch), or constant.
@@ -32,6 +33,11 @@ _DEPTH = re.compile(r"(?:^|\.)(?:blocks|layers|stages|layer)\.?(\d+)(?:\.|$)")
 
 
 def _head_names(model: nn.Module) -> set[str]:
+    """Parameters that get ``head_lr_mult``: ``model.head_parameter_names()`` when the model says
+    (detectors: their detection heads), else the classifier's."""
+    custom = getattr(model, "head_parameter_names", None)
+    if callable(custom):
+        return set(custom())
     found = classifier_module(model)
     if found is None:
         return set()
@@ -104,14 +110,15 @@ def param_groups(
     return list(groups.values())
 
 
-def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
-    """SGD or AdamW over :func:`param_groups` from an ``optim`` config section."""
+def build_optimizer(model: nn.Module, cfg, head_lr_mult: float | None = None) -> torch.optim.Optimizer:
+    """SGD or AdamW over :func:`param_groups` from an ``optim`` config section (``head_lr_mult``:
+    overrides ``cfg.head_lr_mult``)."""
     groups = param_groups(
         model,
         cfg.lr,
         cfg.weight_decay,
         layer_decay=cfg.layer_decay,
-        head_lr_mult=cfg.head_lr_mult,
+        head_lr_mult=cfg.head_lr_mult if head_lr_mult is None else head_lr_mult,
         no_decay_1d=cfg.no_decay_1d,
     )
     for g in groups:

@@ -1,152 +1,70 @@
 """Entry points behind ``kinetix train / test / predict``: :func:`fit`, :func:`test`, :func:`predict`.
 
-The config's ``task`` picks a task module (``kinetix.engine.classification``,
-``kinetix.engine.detection``) that builds the LightningModule and LightningDataModule and evaluates;
-everything else (trainer, devices, DDP, precision, checkpoints, run folders) is shared here.
+The config's ``task`` picks a task module (:mod:`kinetix.engine.classification` or
+:mod:`kinetix.engine.detection`) that builds the LightningModule and LightningDataModule and
+evaluates; the trainer (:mod:`kinetix.engine.trainer`), checkpoints, run folders and the keep-rate
+schedule are shared and set up here.
 """
 
 from __future__ import annotations
 
-import importlib
-import json
 import os
-import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
 
-from kinetix.errors import CheckpointError, ConfigError
+from kinetix.config import config_to_yaml
+from kinetix.errors import ConfigError
+from kinetix.models import create_model
 
-from .checkpoint import (
-    EMA_FILE,
-    MODEL_FILE,
-    KinetixCheckpointIO,
-    PeriodicCheckpoint,
-    read_manifest,
-    resolve_checkpoint,
-)
+from . import classification, detection
+from .checkpoint import PeriodicCheckpoint, resolve_checkpoint
+from .datamodule import resolve_data_settings
 from .optim import KeepRateSchedule
+from .task import checkpoint_config, load_weights, model_from_checkpoint
+from .trainer import RUN_DIR_ENV, build_trainer, make_run_dir, quiet_lightning
 
-TASKS = {"classification": "kinetix.engine.classification", "detection": "kinetix.engine.detection"}
-_RUN_DIR_ENV = "KINETIX_RUN_DIR"  # shared by DDP ranks launched by Lightning
+TASKS = {"classification": classification, "detection": detection}
+
+__all__ = ["TASKS", "checkpoint_config", "fit", "load_weights", "make_run_dir", "predict", "task_module", "test"]
 
 
 def task_module(cfg):
-    name = TASKS.get(cfg.task)
-    if name is None:
-        raise ConfigError(f"task: unknown task {cfg.task!r}; one of {', '.join(TASKS)}")
+    """The task module of a config (``task: classification | detection``)."""
     try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as e:
-        if e.name == name:
-            raise ConfigError(f"task {cfg.task!r} is not available in this installation") from e
-        raise
-
-
-def _launched_externally() -> bool:
-    """torchrun / SLURM started every rank itself (all ranks must agree on the run folder)."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 or int(os.environ.get("SLURM_NTASKS", "1")) > 1
-
-
-def make_run_dir(cfg) -> Path:
-    """``output_dir/name``; if it exists already, ``name-v1``, ``name-v2``, ... (never overwritten).
-
-    DDP children launched by Lightning inherit the parent's choice; under torchrun/SLURM every rank
-    uses ``output_dir/name`` as is (give each run its own name)."""
-    if os.environ.get(_RUN_DIR_ENV):
-        return Path(os.environ[_RUN_DIR_ENV])
-    base = Path(cfg.train.output_dir) / cfg.train.name
-    run_dir = base
-    if not _launched_externally():
-        v = 0
-        while run_dir.exists() and any(run_dir.iterdir()):
-            v += 1
-            run_dir = base.with_name(f"{base.name}-v{v}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
-
-
-def build_trainer(cfg, run_dir: Path, stage: str = "fit", callbacks=(), **overrides) -> pl.Trainer:
-    t = cfg.train
-    strategy = t.strategy
-    if strategy == "ddp" and t.accelerator == "cpu":
-        strategy = "ddp"  # gloo on CPU, chosen by Lightning
-    kwargs = dict(
-        accelerator=t.accelerator,
-        devices=t.devices if stage == "fit" else 1,
-        num_nodes=t.num_nodes if stage == "fit" else 1,
-        strategy=strategy if stage == "fit" else "auto",
-        precision=t.precision,
-        max_epochs=t.epochs,
-        accumulate_grad_batches=t.accumulate_grad_batches,
-        gradient_clip_val=t.gradient_clip_val,
-        check_val_every_n_epoch=t.val_every_n_epochs,
-        log_every_n_steps=t.log_every_n_steps,
-        enable_checkpointing=False,  # kinetix's PeriodicCheckpoint does it (safetensors, atomic)
-        enable_progress_bar=t.progress_bar,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        use_distributed_sampler=False,  # ResumableSampler shards itself
-        default_root_dir=str(run_dir),
-        logger=pl.loggers.CSVLogger(str(run_dir), name="logs") if stage == "fit" else False,
-        plugins=[KinetixCheckpointIO()],
-        callbacks=list(callbacks),
-    )
-    kwargs.update(overrides)
-    return pl.Trainer(**kwargs)
-
-
-def _quiet_lightning() -> None:
-    import logging
-
-    for name in (
-        "lightning.pytorch.utilities.rank_zero",
-        "lightning.pytorch.accelerators.cuda",
-        "lightning.fabric.utilities.rank_zero",
-    ):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", ".*dataloader is not resumable.*")  # ours is, via the datamodule
-    warnings.filterwarnings("ignore", ".*does not have many workers.*")
-    warnings.filterwarnings("ignore", ".*checkpoint_io.*")
-    warnings.filterwarnings("ignore", ".*LeafSpec.*")
-    warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode.*")  # EMA copy, partial BN: on purpose
-    warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
+        return TASKS[cfg.task]
+    except KeyError:
+        raise ConfigError(f"task: unknown task {cfg.task!r}; one of {', '.join(TASKS)}") from None
 
 
 def fit(cfg, resume: str | Path | None = None, callbacks=(), **trainer_overrides) -> dict:
-    """Train from a config; ``resume`` continues a run from a checkpoint (or a run folder's latest).
+    """Train from a config; ``resume`` continues a run from a checkpoint folder or a run folder
+    (its latest checkpoint).
 
     Returns ``{"run_dir", "checkpoint", "best", "metrics", "module", "trainer"}``."""
-    _quiet_lightning()
-    owns_env = _RUN_DIR_ENV not in os.environ  # this process launches; DDP children inherit it
+    quiet_lightning()
+    owns_env = RUN_DIR_ENV not in os.environ  # this process launches; DDP children inherit it
     try:
         return _fit(cfg, resume, callbacks, **trainer_overrides)
     finally:
         if owns_env:
-            os.environ.pop(_RUN_DIR_ENV, None)
+            os.environ.pop(RUN_DIR_ENV, None)
 
 
 def _fit(cfg, resume, callbacks, **trainer_overrides) -> dict:
-    from kinetix.config import config_to_yaml
-
     task = task_module(cfg)
     ckpt = resolve_checkpoint(resume) if resume is not None else None
     if ckpt is not None:
         run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
     else:
         run_dir = make_run_dir(cfg)
-    os.environ.setdefault(_RUN_DIR_ENV, str(run_dir))  # DDP children inherit it; fit() removes it
+    os.environ.setdefault(RUN_DIR_ENV, str(run_dir))  # DDP children inherit it; fit() removes it
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     module, dm = task.build(cfg, "fit")
     ckpt_dir = run_dir / "checkpoints"
     module.meta["checkpoint_dir"] = str(ckpt_dir)
-    saver = PeriodicCheckpoint(
-        ckpt_dir,
-        cfg.train.checkpoint_every_n_steps,
-        cfg.train.keep_last,
-        monitor=getattr(task, "MONITOR", "val/top1"),
-    )
+    saver = PeriodicCheckpoint(ckpt_dir, cfg.train.checkpoint_every_n_steps, cfg.train.keep_last, task.MONITOR)
     start, shrink = cfg.schedule.keep_rate_start_epochs, cfg.schedule.keep_rate_shrink_epochs
     if start or shrink:  # ahead of the user's callbacks
         callbacks = [KeepRateSchedule(start, shrink), *callbacks]
@@ -167,51 +85,20 @@ def _fit(cfg, resume, callbacks, **trainer_overrides) -> dict:
     }
 
 
-def load_weights(module, checkpoint: str | Path) -> None:
-    """Load a checkpoint's weights into ``module.model`` (and ``module.ema``): a checkpoint folder,
-    a run folder (its latest checkpoint) or a bare ``.safetensors`` / foreign weights file."""
-    from kinetix.models import load_checkpoint
-
-    path = Path(checkpoint)
-    if path.is_file():
-        load_checkpoint(module.model, path)
-        if getattr(module, "ema", None) is not None:
-            module.ema.module.load_state_dict(module.model.state_dict())
-        return
-    path = resolve_checkpoint(path)
-    load_checkpoint(module.model, path / MODEL_FILE)
-    if getattr(module, "ema", None) is not None:
-        src = path / EMA_FILE if (path / EMA_FILE).exists() else path / MODEL_FILE
-        load_checkpoint(module.ema.module, src)
-
-
-def checkpoint_config(checkpoint: str | Path):
-    """The resolved config stored in a checkpoint (folder or weights file)."""
-    from kinetix.config import config_from_dict
-
-    path = Path(checkpoint)
-    if path.is_file() and path.suffix == ".safetensors":
-        from kinetix.utils.state_dict import read_safetensors_metadata
-
-        meta = read_safetensors_metadata(path)
-        if "config" not in meta:
-            raise CheckpointError(f"{path}: carries no kinetix config; pass a config file or --model")
-        return config_from_dict(json.loads(meta["config"]), str(path))
-    return config_from_dict(read_manifest(path)["config"], str(resolve_checkpoint(path) / "manifest.json"))
+def default_report_dir(cfg, checkpoint: str | Path) -> Path:
+    """Where ``test`` writes its reports by default: ``<checkpoint>/eval`` (``eval-reversed``)."""
+    ckpt = Path(checkpoint)
+    base = resolve_checkpoint(ckpt) if not ckpt.is_file() else ckpt.parent
+    return base / ("eval-reversed" if cfg.eval.reverse_frames else "eval")
 
 
 def test(cfg, checkpoint: str | Path, out_dir: str | Path | None = None, **options) -> dict:
     """Evaluate ``checkpoint`` on the config's test (or val) split; reports go to ``out_dir``
-    (default: ``<checkpoint>/eval``)."""
-    _quiet_lightning()
+    (default: :func:`default_report_dir`); the result's ``report_dir`` says where."""
+    quiet_lightning()
     task = task_module(cfg)
-    ckpt = Path(checkpoint)
-    if out_dir is None:
-        base = resolve_checkpoint(ckpt) if not ckpt.is_file() else ckpt.parent
-        tag = "eval-reversed" if cfg.eval.reverse_frames else "eval"
-        out_dir = base / tag
     torch.manual_seed(cfg.seed)
-    return task.evaluate(cfg, checkpoint, out_dir, **options)
+    return task.evaluate(cfg, checkpoint, out_dir or default_report_dir(cfg, checkpoint), **options)
 
 
 def predict(
@@ -221,47 +108,25 @@ def predict(
     *,
     topk: int = 5,
     views: tuple[int, int] | None = None,
-    aggregate: str = "logits",
+    aggregate: str | None = None,
 ) -> list[dict]:
     """Top-k predictions for video files from a kinetix checkpoint (folder, run folder or
     ``model.safetensors``: model, classes and data settings come from it) or from a registered
-    model's published weights (``model_name``; with ``checkpoint`` a weights file for it)."""
-    from kinetix.models import create_model
-    from kinetix.utils.state_dict import read_safetensors_metadata
+    model's published weights (``model_name``; with ``checkpoint`` a weights file for it).
 
-    from .classification import predict_videos
-    from .datamodule import resolve_data_settings
-
+    Views, aggregation and test views are the checkpoint config's (``eval.*``) unless given, so
+    ``predict`` scores a video exactly as ``test`` scores it."""
     missing = [str(v) for v in videos if not Path(v).exists()]
     if missing:
         raise ConfigError(f"no such video: {', '.join(missing)}")
     if checkpoint is None and model_name is None:
-        raise ConfigError("pass --checkpoint CKPT (a trained kinetix checkpoint) or --model NAME")
-    class_names = None
-    cfg = None
+        raise ConfigError("pass checkpoint=CKPT (a trained kinetix checkpoint) or model_name=NAME")
     if checkpoint is not None:
-        path = Path(checkpoint)
-        weights = path if path.is_file() else resolve_checkpoint(path) / MODEL_FILE
-        if weights.suffix == ".safetensors":
-            meta = read_safetensors_metadata(weights)
-            class_names = json.loads(meta["class_names"]) if meta.get("class_names") else None
-            if "config" in meta:
-                from kinetix.config import config_from_dict
-
-                cfg = config_from_dict(json.loads(meta["config"]), str(weights))
-        name = model_name or (cfg.model.name if cfg is not None else None)
-        if name is None:
-            raise CheckpointError(f"{weights}: does not say which model it is; pass --model NAME")
-        kwargs = dict(cfg.model.kwargs) if cfg is not None and model_name is None else {}
-        if cfg is not None and cfg.model.num_frames is not None and model_name is None:
-            kwargs["num_frames"] = cfg.model.num_frames
-        if class_names:
-            kwargs["num_classes"] = len(class_names)
-        model = create_model(name, checkpoint=str(weights), **kwargs)
+        model, cfg, class_names = model_from_checkpoint(checkpoint, model_name)
     else:
-        model = create_model(model_name, pretrained=True)
-    data_cfg = cfg.data if cfg is not None else None
-    settings = resolve_data_settings(model.pretrained_cfg, data_cfg, None)
+        model, cfg, class_names = create_model(model_name, pretrained=True).eval(), None, None
+    settings = resolve_data_settings(model.pretrained_cfg, cfg.data if cfg else None, cfg.eval if cfg else None)
     if views is not None:
-        settings = settings.__class__(**{**settings.__dict__, "test_views": tuple(views)})
-    return predict_videos(model, videos, settings, class_names, topk, aggregate)
+        settings = settings.with_views(views)
+    aggregate = aggregate or (cfg.eval.aggregate if cfg else "logits")
+    return classification.predict_videos(model, videos, settings, class_names, topk, aggregate)

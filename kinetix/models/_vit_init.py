@@ -36,47 +36,62 @@ def init_vit_weights(model: nn.Module) -> None:
 
 
 # ---- initialisation from an image ViT ------------------------------------------------------------
-_HF_BLOCK = [  # (transformers 5 | transformers 4) -> timm
+# The one Hugging Face ViT block key table (TimeSformer, ViViT, VideoMAE and image ViTs use it).
+HF_VIT_BLOCK = (  # (HF prefix inside ``...layer.N.``, kinetix/timm prefix); transformers 5, then 4
     ("attention.o_proj.", "attn.proj."), ("attention.output.dense.", "attn.proj."),
     ("layernorm_before.", "norm1."), ("layernorm_after.", "norm2."),
     ("mlp.fc1.", "mlp.fc1."), ("mlp.fc2.", "mlp.fc2."),
     ("intermediate.dense.", "mlp.fc1."), ("output.dense.", "mlp.fc2."),
-]  # fmt: skip
+)  # fmt: skip
 _HF_QKV = re.compile(r"attention\.(?:(q|k|v)_proj|attention\.(query|key|value))\.(weight|bias)$")
 _JAX_BLOCK = {"LayerNorm_0": "norm1", "LayerNorm_2": "norm2", "MultiHeadDotProductAttention_1": "attn",
               "MlpBlock_3": "mlp"}  # fmt: skip
 
 
-def _fuse(parts: dict[str, dict[str, torch.Tensor]], out: dict[str, torch.Tensor]) -> None:
+def fuse_qkv(parts: dict[str, dict[str, torch.Tensor]], out: dict[str, torch.Tensor]) -> None:
+    """``{block_prefix: {'q.weight': ..., 'k.bias': ...}}`` -> fused ``qkv.weight`` / ``qkv.bias``."""
     for prefix, p in parts.items():
         out[f"{prefix}qkv.weight"] = torch.cat([p["q.weight"], p["k.weight"], p["v.weight"]])
         if "q.bias" in p:
             out[f"{prefix}qkv.bias"] = torch.cat([p["q.bias"], p["k.bias"], p["v.bias"]])
 
 
-def _hf_vit_to_timm(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def hf_vit_keys(
+    sd: dict[str, torch.Tensor], layer: str, top: dict[str, str], extra: tuple = ()
+) -> dict[str, torch.Tensor]:
+    """Hugging Face ViT-family keys -> kinetix (timm) keys.
+
+    ``layer``: regex matching a block key, groups ``(index, rest)`` (e.g.
+    ``vivit\\.encoder\\.layer\\.(\\d+)\\.(.*)``); ``rest`` is renamed by ``extra`` (model-specific
+    ``(prefix, new)`` pairs, tried first), else separate query/key/value projections are fused into
+    ``attn.qkv``, else :data:`HF_VIT_BLOCK`; unknown block keys are kept as they are. Other keys are
+    renamed by the first matching prefix of ``top``."""
     out, qkv = {}, {}
+    pattern = re.compile(layer)
+    for k, v in sd.items():
+        m = pattern.match(k)
+        if m:
+            i, rest = m.groups()
+            new = next((n + rest[len(o) :] for o, n in extra if rest.startswith(o)), None)
+            mq = _HF_QKV.match(rest) if new is None else None
+            if mq:
+                qkv.setdefault(f"blocks.{i}.attn.", {})[f"{(mq.group(1) or mq.group(2))[0]}.{mq.group(3)}"] = v
+                continue
+            if new is None:
+                new = next((n + rest[len(o) :] for o, n in HF_VIT_BLOCK if rest.startswith(o)), None)
+            out[f"blocks.{i}.{new}" if new is not None else k] = v
+            continue
+        out[next((n + k[len(o) :] for o, n in top.items() if k.startswith(o)), k)] = v
+    fuse_qkv(qkv, out)
+    return out
+
+
+def _hf_vit_to_timm(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     top = {"embeddings.cls_token": "cls_token", "embeddings.position_embeddings": "pos_embed",
            "embeddings.patch_embeddings.projection.": "patch_embed.proj.", "layernorm.": "norm.",
            "classifier.": "head."}  # fmt: skip
-    for k, v in sd.items():
-        k = k.removeprefix("vit.")
-        m = re.match(r"(?:layers|encoder\.layer)\.(\d+)\.(.*)", k)
-        if m:
-            i, rest = m.groups()
-            mq = _HF_QKV.match(rest)
-            if mq:
-                qkv.setdefault(f"blocks.{i}.attn.", {})[
-                    f"{(mq.group(1) or mq.group(2))[0]}.{mq.group(3)}"
-                ] = v
-                continue
-            new = next((n + rest[len(o) :] for o, n in _HF_BLOCK if rest.startswith(o)), rest)
-            out[f"blocks.{i}.{new}"] = v
-            continue
-        new = next((n + k[len(o) :] for o, n in top.items() if k.startswith(o)), k)
-        out[new] = v
-    _fuse(qkv, out)
-    return out
+    sd = {k.removeprefix("vit."): v for k, v in sd.items()}
+    return hf_vit_keys(sd, r"(?:layers|encoder\.layer)\.(\d+)\.(.*)", top)
 
 
 def _jax_vit_to_timm(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -113,7 +128,7 @@ def _jax_vit_to_timm(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
                 qkv.setdefault(f"blocks.{i}.attn.", {})[f"{parts[3][0]}.{leaf}"] = w
         else:
             out[k] = v
-    _fuse(qkv, out)
+    fuse_qkv(qkv, out)
     return out
 
 

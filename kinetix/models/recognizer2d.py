@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from kinetix.errors import CheckpointError
+from kinetix.layers.partial_bn import set_partial_bn
 from kinetix.layers.temporal import GateShift, TemporalShift
 
 from ._pretrained import BNINCEPTION_MEAN, BNINCEPTION_STD, PretrainedCfg
@@ -46,7 +47,7 @@ class Recognizer2D(nn.Module):
         backbone: maps ``(B*T, 3, H, W) -> (B*T', C, h, w)`` (``T' < T`` with temporal pooling).
         num_classes: classifier size.
         dropout: dropout before the per-frame classifier (TSM/GSM scripts: 0.5).
-        partial_bn: TSN partial BN — in ``train()``, every BatchNorm2d but the first is frozen.
+        partial_bn: TSN partial BN — in ``train()``, every BatchNorm but the first is frozen.
         channels_last: run the backbone in channels_last memory format.
     """
 
@@ -111,12 +112,8 @@ class Recognizer2D(nn.Module):
 
     def train(self, mode: bool = True):
         super().train(mode)
-        if self.partial_bn and mode:  # freeze every BatchNorm2d but the first (TSN)
-            bns = [m for m in self.backbone.modules() if isinstance(m, nn.BatchNorm2d)]
-            for m in bns[1:]:
-                m.eval()
-                m.weight.requires_grad_(False)
-                m.bias.requires_grad_(False)
+        if self.partial_bn and mode:
+            set_partial_bn(self.backbone)
         return self
 
 
@@ -187,7 +184,8 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: Recognizer2
     """Foreign checkpoints -> kinetix names.
 
     - official TSN/TSM/GSM (``module.base_model.*``, ``module.new_fc.*``; TSM's shifted convs are
-      wrapped as ``conv1.net``; GSM BN-Inception ids ``gsm_<conv id>.*`` are kept as is);
+      wrapped as ``conv1.net`` (whole blocks as ``N.net`` in place), its temporal pool wraps
+      ``layer2`` as ``layer2.net``; GSM BN-Inception ids ``gsm_<conv id>.*`` are kept as is);
     - mmaction2 TSN/TSM (``backbone.conv1.conv``, ``convK.bn``, ``downsample.conv/bn``,
       ``cls_head.fc_cls``);
     - 2D ImageNet files (torchvision ResNet / Caffe BN-Inception): loaded into the backbone with
@@ -201,6 +199,9 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: Recognizer2
 
         load_image_weights(model, sd)
         return model.state_dict()
+    # TSM's temporal pool (official `make_temporal_pool`, mmaction2 alike) wraps layer2 as
+    # `TemporalPool(net=layer2)`: `layer2.net.N.` is kinetix's `layer2.N.` (the pool has no weights)
+    sd = {re.sub(r"^((?:base_model|backbone)\.layer\d)\.net\.(?=\d)", r"\1.", k): v for k, v in sd.items()}
     _check_shift_layout(sd, model)
     own = model.state_dict()
     out = {}

@@ -26,7 +26,6 @@ CLS then keyframe first).
 
 from __future__ import annotations
 
-import re
 from functools import partial
 
 import torch
@@ -40,7 +39,7 @@ from kinetix.utils.state_dict import strip_prefix
 
 from ._pretrained import KINETICS_MEAN, KINETICS_STD, PretrainedCfg
 from ._registry import register_model
-from ._vit_init import init_vit_weights
+from ._vit_init import hf_vit_keys, init_vit_weights
 
 ATTENTIONS = ("divided", "joint", "space", "local_global", "axial")
 
@@ -172,32 +171,13 @@ _HF_TOP = {
     "timesformer.layernorm.": "norm.",
     "classifier.": "head.",
 }
-_HF_BLOCK = {  # longest prefixes first
-    "temporal_attention.attention.qkv.": "temporal_attn.qkv.",
-    "temporal_attention.output.dense.": "temporal_attn.proj.",
-    "attention.attention.qkv.": "attn.qkv.",
-    "attention.output.dense.": "attn.proj.",
-    "temporal_layernorm.": "temporal_norm1.",
-    "temporal_dense.": "temporal_fc.",
-    "layernorm_before.": "norm1.",
-    "layernorm_after.": "norm2.",
-    "intermediate.dense.": "mlp.fc1.",
-    "output.dense.": "mlp.fc2.",
-}
-
-
-def _from_hf(key: str) -> str:
-    m = re.match(r"timesformer\.encoder\.layer\.(\d+)\.(.*)", key)
-    if m:
-        i, rest = m.groups()
-        for old, new in _HF_BLOCK.items():
-            if rest.startswith(old):
-                return f"blocks.{i}.{new}{rest[len(old) :]}"
-        return key
-    for old, new in _HF_TOP.items():
-        if key.startswith(old):
-            return new + key[len(old) :]
-    return key
+_HF_BLOCK = (  # TimeSformer's own block keys, before the shared HF ViT table
+    ("temporal_attention.attention.qkv.", "temporal_attn.qkv."),
+    ("temporal_attention.output.dense.", "temporal_attn.proj."),
+    ("attention.attention.qkv.", "attn.qkv."),
+    ("temporal_layernorm.", "temporal_norm1."),
+    ("temporal_dense.", "temporal_fc."),
+)
 
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: TimeSformer) -> dict[str, torch.Tensor]:
@@ -205,7 +185,7 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: TimeSformer
     -> kinetix names; ``pos_embed`` and ``time_embed`` are resized (nearest) to the model's grid."""
     sd = strip_prefix(state_dict, "module.", "model.")
     if any(k.startswith("timesformer.") for k in sd):
-        sd = {_from_hf(k): v for k, v in sd.items()}
+        sd = hf_vit_keys(sd, r"timesformer\.encoder\.layer\.(\d+)\.(.*)", _HF_TOP, _HF_BLOCK)
     own = model.state_dict()
     if "pos_embed" in sd and sd["pos_embed"].shape != own["pos_embed"].shape:
         n = sd["pos_embed"].shape[1] - 1

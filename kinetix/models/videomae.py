@@ -36,7 +36,7 @@ from kinetix.utils.state_dict import strip_prefix
 
 from ._pretrained import KINETICS_MEAN, KINETICS_STD, PretrainedCfg
 from ._registry import register_model
-from ._vit_init import init_vit_weights
+from ._vit_init import hf_vit_keys, init_vit_weights
 
 
 class VideoMAE(nn.Module):
@@ -148,17 +148,12 @@ class VideoMAE(nn.Module):
 
 
 # ---- checkpoints ----------------------------------------------------------------------------------
-_HF_BLOCK = {
-    "attention.attention.q_bias": "attn.q_bias",
-    "attention.attention.v_bias": "attn.v_bias",
-    "attention.attention.query.bias": "attn.q_bias",
-    "attention.attention.value.bias": "attn.v_bias",
-    "attention.output.dense.": "attn.proj.",
-    "layernorm_before.": "norm1.",
-    "layernorm_after.": "norm2.",
-    "intermediate.dense.": "mlp.fc1.",
-    "output.dense.": "mlp.fc2.",
-}
+_HF_BLOCK = (  # VideoMAE's separate q/v biases, before the shared HF ViT table
+    ("attention.attention.q_bias", "attn.q_bias"),
+    ("attention.attention.v_bias", "attn.v_bias"),
+    ("attention.attention.query.bias", "attn.q_bias"),
+    ("attention.attention.value.bias", "attn.v_bias"),
+)
 _HF_TOP = {
     "videomae.embeddings.patch_embeddings.projection.": "patch_embed.proj.",
     "videomae.layernorm.": "norm.",
@@ -170,30 +165,7 @@ _PRETRAIN_ONLY = re.compile(r"^(decoder|encoder_to_decoder|mask_token|decoder_po
 
 
 def _from_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out, qkv = {}, {}
-    for k, v in sd.items():
-        m = re.match(r"videomae\.encoder\.layer\.(\d+)\.(.*)", k)
-        if m:
-            i, rest = m.groups()
-            mq = re.match(r"attention\.attention\.(query|key|value)\.weight$", rest)
-            if mq:
-                qkv.setdefault(i, {})[mq.group(1)] = v
-                continue
-            for old, new in _HF_BLOCK.items():
-                if rest.startswith(old):
-                    out[f"blocks.{i}.{new}{rest[len(old) :]}"] = v
-                    break
-            else:
-                out[k] = v
-            continue
-        for old, new in _HF_TOP.items():
-            if k.startswith(old):
-                k = new + k[len(old) :]
-                break
-        out[k] = v
-    for i, p in qkv.items():
-        out[f"blocks.{i}.attn.qkv.weight"] = torch.cat([p["query"], p["key"], p["value"]])
-    return out
+    return hf_vit_keys(sd, r"videomae\.encoder\.layer\.(\d+)\.(.*)", _HF_TOP, _HF_BLOCK)
 
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: VideoMAE) -> dict[str, torch.Tensor]:

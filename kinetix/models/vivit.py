@@ -29,7 +29,6 @@ Input ``(B, 3, T, H, W)`` -> logits ``(B, num_classes)``; ``forward_features`` -
 
 from __future__ import annotations
 
-import re
 from functools import partial
 
 import torch
@@ -43,7 +42,7 @@ from kinetix.utils.state_dict import strip_prefix
 
 from ._pretrained import INCEPTION_MEAN, INCEPTION_STD, PretrainedCfg
 from ._registry import register_model
-from ._vit_init import init_vit_weights
+from ._vit_init import fuse_qkv, hf_vit_keys, init_vit_weights
 
 GELUTanh = partial(nn.GELU, approximate="tanh")  # Flax's default GELU (HF "gelu_fast")
 _BLOCK_ATTENTION = {1: "joint", 2: "joint", 3: "factorised", 4: "factorised_dot"}
@@ -204,17 +203,6 @@ class ViViT(nn.Module):
 
 
 # ---- checkpoints ----------------------------------------------------------------------------------
-_HF_BLOCK = {  # transformers 5 names, then transformers 4 names
-    "attention.o_proj.": "attn.proj.",
-    "attention.output.dense.": "attn.proj.",
-    "layernorm_before.": "norm1.",
-    "layernorm_after.": "norm2.",
-    "mlp.fc1.": "mlp.fc1.",
-    "mlp.fc2.": "mlp.fc2.",
-    "intermediate.dense.": "mlp.fc1.",
-    "output.dense.": "mlp.fc2.",
-}
-_HF_QKV = re.compile(r"attention\.(?:(q|k|v)_proj|attention\.(query|key|value))\.(weight|bias)$")
 _HF_TOP = {
     "vivit.embeddings.cls_token": "cls_token",
     "vivit.embeddings.position_embeddings": "pos_embed",
@@ -224,41 +212,9 @@ _HF_TOP = {
 }
 
 
-def _fuse_qkv(parts: dict[str, dict[str, torch.Tensor]], out: dict[str, torch.Tensor]) -> None:
-    """``{block_prefix: {'q.weight': ..., 'k.bias': ...}}`` -> fused ``qkv.weight``/``qkv.bias``."""
-    for prefix, p in parts.items():
-        out[f"{prefix}qkv.weight"] = torch.cat([p["q.weight"], p["k.weight"], p["v.weight"]])
-        if "q.bias" in p:
-            out[f"{prefix}qkv.bias"] = torch.cat([p["q.bias"], p["k.bias"], p["v.bias"]])
-
-
 def _from_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out, qkv = {}, {}
-    for k, v in sd.items():
-        if k.startswith("vivit.pooler."):  # HF-only pooler (not in scenic): not used by the classifier
-            continue
-        m = re.match(r"vivit\.(?:layers|encoder\.layer)\.(\d+)\.(.*)", k)
-        if m:
-            i, rest = m.groups()
-            mq = _HF_QKV.match(rest)
-            if mq:
-                which = (mq.group(1) or mq.group(2))[0]
-                qkv.setdefault(f"blocks.{i}.attn.", {})[f"{which}.{mq.group(3)}"] = v
-                continue
-            for old, new in _HF_BLOCK.items():
-                if rest.startswith(old):
-                    out[f"blocks.{i}.{new}{rest[len(old) :]}"] = v
-                    break
-            else:
-                out[k] = v
-            continue
-        for old, new in _HF_TOP.items():
-            if k.startswith(old):
-                k = new + k[len(old) :]
-                break
-        out[k] = v
-    _fuse_qkv(qkv, out)
-    return out
+    sd = {k: v for k, v in sd.items() if not k.startswith("vivit.pooler.")}  # HF-only, unused
+    return hf_vit_keys(sd, r"vivit\.(?:layers|encoder\.layer)\.(\d+)\.(.*)", _HF_TOP)
 
 
 _FLAX_BLOCK = {
@@ -317,7 +273,7 @@ def _from_flax(sd: dict[str, torch.Tensor], model: ViViT) -> dict[str, torch.Ten
                     ] = w
         else:
             out[key] = v
-    _fuse_qkv(qkv, out)
+    fuse_qkv(qkv, out)
     return out
 
 

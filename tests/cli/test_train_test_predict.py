@@ -84,6 +84,27 @@ def test_predict_from_checkpoint_text_and_json(trained, capsys):
     assert text.splitlines()[1].strip().endswith(res[0]["top"][0]["name"])
 
 
+@pytest.mark.filterwarnings("ignore:only . of . test views are distinct")
+@pytest.mark.parametrize("views", ["2x1", "3x3"])
+def test_test_and_predict_score_the_same_views(trained, capsys, views):
+    """One test-view path: `kinetix test` and `kinetix predict` give each video the same scores for
+    the same checkpoint and views (2 clips: TSM's two-clip protocol in both)."""
+    tmp, cfg, _ = trained
+    ckpt = tmp / "runs" / "cli" / "checkpoints" / "best"
+    out = tmp / f"same-{views}"
+    assert main(["test", str(cfg), "--checkpoint", str(ckpt), "--views", views, "--out", str(out)]) == 0
+    tested = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(tested) == 6
+    capsys.readouterr()
+    videos = [r["video"] for r in tested]
+    assert main(["predict", *videos, "--checkpoint", str(ckpt), "--views", views, "--topk", "3", "--json"]) == 0
+    predicted = json.loads(capsys.readouterr().out)
+    for t, p in zip(tested, predicted):
+        assert p["views"] == int(views[0]) * int(views[2])
+        assert [c["label"] for c in p["top"]] == [c["label"] for c in t["top"][:3]]
+        assert [c["prob"] for c in p["top"]] == pytest.approx([c["prob"] for c in t["top"][:3]], abs=1e-5)
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -94,7 +115,7 @@ def test_predict_from_checkpoint_text_and_json(trained, capsys):
         (["train", "CFG", "--set", "optim.lr"], "write section.key=value"),
         (["test", "CFG", "--checkpoint", "nowhere"], "no such checkpoint"),
         (["predict", "nope.mp4", "--checkpoint", "CKPT"], "no such video: nope.mp4"),
-        (["predict", "VIDEO"], "pass --checkpoint CKPT"),
+        (["predict", "VIDEO"], "pass --checkpoint CKPT (a trained kinetix checkpoint) or --model NAME"),
         (["predict", "VIDEO", "--checkpoint", "CKPT", "--topk", "0"], "--topk must be >= 1"),
     ],
 )

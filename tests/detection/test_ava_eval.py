@@ -78,8 +78,11 @@ def test_evaluate_from_files(tmp_path):
     excl = _write(tmp_path / "excl.csv", [["v", "0903"]])
     res = evaluate(gt, pred, lm, exclusions=excl)  # class 1: 2 GT, both found in order -> 1
     assert res["per_class"][1][1] == pytest.approx(100.0)
-    # capacity 1 keeps only the top detection per keyframe: v,0902 keeps class 7 -> class 2 AP 0
-    assert evaluate(gt, pred, lm, capacity=1)["per_class"][2][1] == 0.0
+    # capacity 1, official order: the label-map whitelist comes first, so v,0902 keeps its class-1
+    # row (0.9), not the class-7 row (0.99) -> class 1 unchanged at 4/9 (top-1 over all classes
+    # first would leave class 1 with 0.95 FP, 0.3 TP -> 1/6)
+    assert evaluate(gt, pred, lm, capacity=1)["per_class"][1][1] == pytest.approx(100 * 4 / 9)
+    assert evaluate(gt, pred, lm, capacity=1)["per_class"][2][1] == 0.0  # 0.8 < 0.9: cut
     assert set(evaluate(gt, pred, lm, subset_60=True)["per_class"]) == {1, 3}
 
 
@@ -87,7 +90,7 @@ def test_bad_files_name_the_line(tmp_path):
     lm = {1: "stand"}
     gt = _write(tmp_path / "gt.csv", [["v", "0902", *A, 1, 0]])
     pred = _write(tmp_path / "pred.csv", [["v", "0902", *A, 1, 0.5], ["v", "0902", *A, 1]])
-    with pytest.raises(AnnotationError, match=r"pred.csv:2: expected 8 columns"):
+    with pytest.raises(AnnotationError, match=r"pred.csv:2: expected 8 fields"):
         evaluate(gt, pred, lm)
     bad = tmp_path / "lm.pbtxt"
     bad.write_text('item { name: "a" }')
@@ -98,3 +101,129 @@ def test_bad_files_name_the_line(tmp_path):
 def test_60_class_subset():
     assert len(AVA_60_CLASSES) == 60 and len(set(AVA_60_CLASSES)) == 60
     assert 2 not in AVA_60_CLASSES and 80 in AVA_60_CLASSES
+
+
+# ---- the official protocol (ActivityNet get_ava_performance.py, -e, 50 per keyframe) -------------
+ZERO_W = np.array([0.3, 0.1, 0.3, 0.5])  # x2 == x1: degenerate
+
+
+def _files(tmp_path, gt_rows, pred_rows, labels=((1, "stand"), (2, "sit"))):
+    lm = tmp_path / "lm.pbtxt"
+    lm.write_text("".join(f'item {{ name: "{n}" id: {i} }}\n' for i, n in labels))
+    return _write(tmp_path / "gt.csv", gt_rows), _write(tmp_path / "pred.csv", pred_rows), lm
+
+
+def test_degenerate_boxes_are_dropped_not_false_positives(tmp_path):
+    gt, pred, lm = _files(tmp_path, [["v", "0902", *A, 1, 0]],
+                          [["v", "0902", *ZERO_W, 1, 0.99], ["v", "0902", *A, 1, 0.9]])  # fmt: skip
+    # dropped: 0.9 TP alone -> AP 1 (counted as a false positive it would be 0.99 FP, 0.9 TP -> 1/2)
+    assert evaluate(gt, pred, lm)["per_class"][1][1] == pytest.approx(100.0)
+    # ... but only after the per-keyframe cap, as in the official script: with capacity 1 the
+    # degenerate row takes the one place and is then dropped -> nothing left -> AP 0
+    assert evaluate(gt, pred, lm, capacity=1)["per_class"][1][1] == 0.0
+
+
+def test_cap_ties_keep_the_earlier_row(tmp_path):
+    # the official min-heap replaces a kept row only for a strictly higher score
+    gt_rows = [["v", "0902", *A, 1, 0], ["v", "0902", *B, 2, 1]]
+    rows = [["v", "0902", *A, 1, 0.5], ["v", "0902", *B, 2, 0.5]]
+    gt, pred, lm = _files(tmp_path, gt_rows, rows)
+    res = evaluate(gt, pred, lm, capacity=1)["per_class"]
+    assert (res[1][1], res[2][1]) == (100.0, 0.0)
+    _write(pred, rows[::-1])
+    res = evaluate(gt, pred, lm, capacity=1)["per_class"]
+    assert (res[1][1], res[2][1]) == (0.0, 100.0)
+
+
+def test_slowfast_protocol_matches_in_file_order_without_cap(tmp_path):
+    # both detections overlap A (IoU >= 0.5); the lower-scored one comes first in the file
+    gt, pred, lm = _files(tmp_path, [["v", "0902", *A, 1, 0]],
+                          [["v", "0902", *NEAR_A, 1, 0.3], ["v", "0902", *A, 1, 0.9]])  # fmt: skip
+    # activitynet: sorted, 0.9 TP then 0.3 FP -> AP 1; slowfast: the 0.3 row takes A, 0.9 is FP ->
+    # ranked 0.9 FP, 0.3 TP -> P 1/2 at R 1 -> AP 1/2
+    assert evaluate(gt, pred, lm)["per_class"][1][1] == pytest.approx(100.0)
+    assert evaluate(gt, pred, lm, protocol="slowfast")["per_class"][1][1] == pytest.approx(50.0)
+    # no cap: capacity is ignored
+    assert evaluate(gt, pred, lm, capacity=1, protocol="slowfast")["per_class"][1][1] == pytest.approx(50.0)
+
+
+def _reference_map(gt_rows, det_rows, labels, capacity, whitelist_first=True):
+    """The official rules written out directly (distinct scores, so no tie questions): per keyframe,
+    label-map whitelist, then the top ``capacity`` rows, degenerate boxes dropped; per class, every
+    detection in descending score order takes the unmatched ground-truth box of its keyframe with
+    the highest IoU if that is >= 0.5; VOC AP over the interpolated precision envelope."""
+
+    def iou(a, b):
+        iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+        ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+        inter = iw * ih
+        union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+        return inter / union if union > 0 else 0.0
+
+    per_key = {}
+    for r in det_rows:
+        per_key.setdefault((r[0], r[1]), []).append(r)
+    kept = []
+    for rows in per_key.values():
+        if whitelist_first:
+            rows = [r for r in rows if r[6] in labels]
+        rows = sorted(rows, key=lambda r: -r[7])[:capacity]
+        kept += [r for r in rows if r[6] in labels and r[4] > r[2] and r[5] > r[3]]
+    aps = {}
+    for c in labels:
+        gts = [r for r in gt_rows if r[6] == c]
+        if not gts:
+            continue
+        used = [False] * len(gts)
+        tp = []
+        for d in sorted((r for r in kept if r[6] == c), key=lambda r: -r[7]):
+            cands = [(iou(d[2:6], g[2:6]), j) for j, g in enumerate(gts) if (g[0], g[1]) == (d[0], d[1])]
+            best, j = max(cands, default=(0.0, -1))
+            hit = best >= 0.5 and not used[j]
+            if hit:
+                used[j] = True
+            tp.append(hit)
+        precision, recall, hits = [], [], 0
+        for n, t in enumerate(tp, 1):
+            hits += t
+            precision.append(hits / n)
+            recall.append(hits / len(gts))
+        ap, prev_r = 0.0, 0.0
+        for i, r in enumerate(recall):
+            if r > prev_r:
+                ap += (r - prev_r) * max(precision[i:])
+                prev_r = r
+        aps[c] = 100 * ap
+    return aps
+
+
+def test_evaluate_equals_an_independent_reference_on_evad_style_output(tmp_path):
+    """EVAD scores every box for all classes, most of them outside the label map: the whitelist must
+    come before the 50-per-keyframe cap, and zero-width rows must not count."""
+    rng = np.random.default_rng(0)
+    labels = {1: "a", 2: "b", 3: "c"}  # the label map; the model also scores classes 4..12
+    gt_rows, det_rows = [], []
+    for v in ("v1", "v2"):
+        for ts in range(902, 908):
+            people = rng.uniform([0, 0, 0.5, 0.5], [0.4, 0.4, 1, 1], size=(2, 4)).round(3)
+            for p in people:
+                gt_rows.append((v, ts, *p, int(rng.integers(1, 4)), 0))
+            for k in range(5):  # 5 proposals x 12 classes = 60 rows per keyframe
+                box = (people[k % 2] + rng.normal(0, 0.05, 4)).clip(0, 1).round(3) if k < 4 else rng.uniform(0, 1, 4).round(3)
+                if k == 3:
+                    box[2] = box[0]  # a zero-width proposal
+                for c in range(1, 13):
+                    det_rows.append((v, ts, *box, c, 0.0))
+    scores = rng.permutation(len(det_rows)) / len(det_rows)  # distinct scores
+    det_rows = [(*r[:7], float(s)) for r, s in zip(det_rows, scores)]
+    gt, pred, lm = _files(tmp_path, gt_rows, det_rows, labels.items())
+    for capacity in (50, 8):
+        res = evaluate(gt, pred, lm, capacity=capacity)
+        ref = _reference_map(gt_rows, det_rows, labels, capacity)
+        assert set(ref) == {c for c, (_, ap) in res["per_class"].items() if ap == ap}
+        for c, ap in ref.items():
+            assert res["per_class"][c][1] == pytest.approx(ap, abs=1e-9)
+        assert res["mAP"] == pytest.approx(sum(ref.values()) / len(ref), abs=1e-9)
+    # the order matters on this file: capping over all classes first gives other numbers
+    wrong = _reference_map(gt_rows, det_rows, labels, 8, whitelist_first=False)
+    assert sum(wrong.values()) / len(wrong) < evaluate(gt, pred, lm, capacity=8)["mAP"] - 1

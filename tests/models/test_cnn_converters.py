@@ -242,3 +242,30 @@ def test_shift_layout_mismatch_is_refused():
           for k, v in _official_tsm(tsn).items()}  # fmt: skip
     assert "module.base_model.layer2.0.net.conv1.weight" in sd
     load_state_dict_strict(block, convert_state_dict(block, sd))
+
+
+@pytest.mark.parametrize("shift_place", ["residual", "block"])
+def test_official_temporal_pool_checkpoint_loads(tmp_path, shift_place):
+    """The official `make_temporal_pool` wraps layer2 as `TemporalPool(net=layer2)`: its keys read
+    `base_model.layer2.net.N...` (and `layer2.net.N.conv1.net.` / `layer2.net.N.net.` where shifted)."""
+    x = torch.randn(2, 3, 8, 64, 64)
+    src = _randomise(create_model("test_tsm", temporal_pool=True, shift_place=shift_place), x)
+    sd = {}
+    for k, v in src.state_dict().items():
+        if k.startswith("fc."):
+            sd["module.new_fc." + k[3:]] = v
+            continue
+        k = k.removeprefix("backbone.")
+        if re.match(r"layer\d\.\d+\.", k):
+            if shift_place == "residual":
+                k = re.sub(r"^(layer\d\.\d+)\.conv1\.", r"\1.conv1.net.", k)  # TemporalShift(conv1)
+            else:
+                k = re.sub(r"^(layer\d\.\d+)\.", r"\1.net.", k)  # TemporalShift(block)
+            k = re.sub(r"^layer2\.", "layer2.net.", k)  # TemporalPool(layer2)
+        sd["module.base_model." + k] = v
+    assert any(k.startswith("module.base_model.layer2.net.0.") for k in sd)
+    torch.save({"state_dict": sd}, tmp_path / "tsm_tpool.pth")
+    dst = load_checkpoint(create_model("test_tsm", temporal_pool=True, shift_place=shift_place), tmp_path / "tsm_tpool.pth")
+    _assert_same_model(dst.eval(), src, x[:1])
+    with pytest.raises(CheckpointError, match="shifted blocks"):  # still refused by a TSN model
+        convert_state_dict(create_model("test_tsn"), sd)

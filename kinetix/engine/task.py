@@ -1,0 +1,252 @@
+"""The task skeleton shared by classification and detection.
+
+A task (:mod:`kinetix.engine.classification`, :mod:`kinetix.engine.detection`) is a
+:class:`TaskModule` subclass plus ``build(cfg, stage)`` and ``evaluate(cfg, checkpoint, out_dir)``.
+What every task shares lives here and nowhere else:
+
+* the model: :func:`build_model` (registry name, frames, classes, weights, channels_last) and
+  :func:`model_from_checkpoint` (a trained checkpoint back to a ready model, its config and class
+  names);
+* its data settings: :func:`~kinetix.engine.datamodule.resolve_data_settings` (from the model);
+* its optimiser and schedule: :meth:`TaskModule.configure_optimizers` over
+  :func:`~kinetix.engine.optim.param_groups` (one parameter-group builder);
+* training mechanics: per-step seeding, divergence check, partial BN, EMA, ``torch.compile``,
+  checkpoint metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+import torch.nn as nn
+
+from kinetix.config import config_from_dict, config_to_dict, config_to_yaml
+from kinetix.errors import CheckpointError, ConfigError, KinetixError
+from kinetix.layers.partial_bn import set_partial_bn
+from kinetix.models import create_model, load_checkpoint
+from kinetix.utils.state_dict import read_safetensors_metadata
+
+from .checkpoint import EMA_FILE, MODEL_FILE, read_manifest, resolve_checkpoint
+from .datamodule import derive_seed
+from .ema import ModelEMA
+from .optim import build_optimizer, build_scheduler
+
+
+class TrainingDivergedError(KinetixError):
+    """The loss became NaN or infinite; training stopped before the weights were updated."""
+
+
+def resolve_path(cfg, value, key: str, must_exist: bool = True) -> Path | None:
+    """A path from the config: as given, or relative to ``data.root``; ``key`` names it in errors."""
+    if value is None:
+        return None
+    p = Path(value)
+    if not p.is_absolute() and not p.exists() and cfg.data.root:
+        p = Path(cfg.data.root) / p
+    if must_exist and not p.exists():
+        raise ConfigError(f"{key}: {p}: no such file or folder")
+    return p
+
+
+def build_model(cfg, num_classes: int | None) -> nn.Module:
+    """The config's model (``model.*`` keys) with ``num_classes`` outputs unless the config says."""
+    kwargs = dict(cfg.model.kwargs)
+    if cfg.model.num_frames is not None:
+        kwargs["num_frames"] = cfg.model.num_frames
+    if num_classes:
+        kwargs.setdefault("num_classes", num_classes)
+    model = create_model(
+        cfg.model.name, pretrained=cfg.model.pretrained, checkpoint=cfg.model.checkpoint, **kwargs
+    )
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def compile_model(model: nn.Module, accelerator: str = "auto") -> nn.Module:
+    """``torch.compile(model)`` (``train.compile``); its parameters are the model's own.
+
+    On CPU, torch.compile's default backend (inductor) builds C++ kernels: without a C++ compiler
+    this is a :class:`ConfigError` up front rather than a crash at the first batch."""
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    if on_cpu and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+        raise ConfigError(
+            "train.compile: torch.compile on CPU needs a C++ compiler (g++ or clang++) and none was "
+            "found on PATH; install one or set train.compile=false"
+        )
+    return torch.compile(model)
+
+
+class TaskModule(pl.LightningModule):
+    """What every task's LightningModule shares (subclasses add the steps and metrics).
+
+    Args:
+        model: a registered model.
+        cfg: the resolved config (``optim``, ``schedule``, ``train``, ``eval`` are read).
+        class_names: names of the classes (saved with every checkpoint).
+        meta: extra metadata saved with every checkpoint (dataset fingerprint, data settings, ...).
+    """
+
+    def __init__(self, model: nn.Module, cfg, class_names: list[str] | None = None, meta: dict | None = None):
+        super().__init__()
+        self.model, self.cfg = model, cfg
+        self.num_classes = int(model.pretrained_cfg.num_classes)
+        self.class_names = list(class_names) if class_names else [str(i) for i in range(self.num_classes)]
+        self.meta = dict(meta or {})
+        t = cfg.train
+        if t.partial_bn:
+            set_partial_bn(model)
+        self.ema = ModelEMA(model, t.ema_decay) if t.ema else None
+        # the compiled wrapper shares the model's parameters; kept out of the module tree so that
+        # checkpoints hold one copy under the model's own names
+        self.__dict__["net"] = compile_model(model, t.accelerator) if t.compile else model
+
+    def forward(self, x):
+        return self.net(x)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights evaluation uses: the EMA copy when ``train.ema``, else the model."""
+        return self.ema.module if self.ema is not None else self.net
+
+    def head_lr_mult(self) -> float:
+        """LR multiplier of the head's parameters (``optim.head_lr_mult``; tasks may override)."""
+        return self.cfg.optim.head_lr_mult
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.ema is not None:
+            self.ema.eval()
+        if mode and self.cfg.train.partial_bn:
+            set_partial_bn(self.model)
+        return self
+
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        # dropout, drop-path, mixup: the same numbers whether or not the run was resumed
+        torch.manual_seed(derive_seed(self.cfg.seed, self.global_step, self.global_rank, 1))
+
+    def check_finite(self, loss: torch.Tensor) -> None:
+        """Stop before the update when the loss is NaN/inf on any rank."""
+        bad = not bool(torch.isfinite(loss.detach()))
+        if self.trainer.world_size > 1:
+            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if bad:
+            ckpts = self.meta.get("checkpoint_dir", "the run's checkpoints/ folder")
+            raise TrainingDivergedError(
+                f"loss is {loss.item()} at epoch {self.current_epoch}, step {self.global_step}: training "
+                f"stopped before this update; the last good checkpoint is intact in {ckpts}. Lower "
+                "optim.lr, add warm-up (schedule.warmup_epochs), set train.gradient_clip_val, or use "
+                "train.precision=32-true, then resume with --resume."
+            )
+
+    def optimizer_step(self, *args, **kwargs):
+        super().optimizer_step(*args, **kwargs)
+        if self.ema is not None:  # once per optimiser step, before checkpoint callbacks run
+            self.ema.update(self.model)
+
+    def configure_optimizers(self):
+        optimizer = build_optimizer(self.model, self.cfg.optim, head_lr_mult=self.head_lr_mult())
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        steps_per_epoch = total / max(1, self.trainer.max_epochs or 1)
+        scheduler = build_scheduler(optimizer, self.cfg.schedule, total, steps_per_epoch)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["kinetix"] = checkpoint_metadata(self)
+
+
+def checkpoint_metadata(module: TaskModule) -> dict:
+    """What kinetix stores beside the weights in every checkpoint of a task module: model name and
+    PretrainedCfg, the resolved config (dict and YAML), class names, current metrics, run meta."""
+    metrics = {k: float(v) for k, v in module.trainer.callback_metrics.items() if v.numel() == 1}
+    return {
+        "model_name": getattr(module.model, "model_name", type(module.model).__name__),
+        "pretrained_cfg": module.model.pretrained_cfg.to_dict(),
+        "config": config_to_dict(module.cfg),
+        "config_yaml": config_to_yaml(module.cfg),
+        "class_names": module.class_names,
+        "metrics": metrics,
+        **{k: v for k, v in module.meta.items() if k != "checkpoint_dir"},
+    }
+
+
+# ------------------------------------------------------------------------------ trained checkpoints
+def load_weights(module, checkpoint: str | Path) -> None:
+    """Load a checkpoint's weights into ``module.model`` (and ``module.ema``): a checkpoint folder,
+    a run folder (its latest checkpoint) or a bare ``.safetensors`` / foreign weights file."""
+    path = Path(checkpoint)
+    ema = getattr(module, "ema", None)
+    if path.is_file():
+        load_checkpoint(module.model, path)
+        if ema is not None:
+            ema.module.load_state_dict(module.model.state_dict())
+        return
+    path = resolve_checkpoint(path)
+    load_checkpoint(module.model, path / MODEL_FILE)
+    if ema is not None:
+        load_checkpoint(ema.module, path / EMA_FILE if (path / EMA_FILE).exists() else path / MODEL_FILE)
+
+
+def _weights_file(checkpoint: str | Path) -> Path:
+    path = Path(checkpoint)
+    return path if path.is_file() else resolve_checkpoint(path) / MODEL_FILE
+
+
+def _metadata(weights: Path) -> dict[str, str]:
+    return read_safetensors_metadata(weights) if weights.suffix == ".safetensors" else {}
+
+
+def checkpoint_config(checkpoint: str | Path):
+    """The resolved config stored in a checkpoint (folder, run folder or ``.safetensors`` file)."""
+    path = Path(checkpoint)
+    if path.is_file():
+        cfg = json.loads(_metadata(path).get("config") or "{}")
+        if not cfg:
+            raise CheckpointError(f"{path}: carries no kinetix config; pass a config file or --model")
+        return config_from_dict(cfg, str(path))
+    return config_from_dict(read_manifest(path)["config"], str(resolve_checkpoint(path) / "manifest.json"))
+
+
+def checkpoint_class_names(checkpoint: str | Path) -> list[str] | None:
+    """Class names stored with a checkpoint (folder manifest or weights-file metadata), if any."""
+    path = Path(checkpoint)
+    if path.is_file():
+        names = json.loads(_metadata(path).get("class_names") or "null")
+    else:
+        names = read_manifest(path).get("class_names")
+    return list(names) if names else None
+
+
+def model_from_checkpoint(checkpoint: str | Path, model_name: str | None = None):
+    """``(model, cfg, class_names)`` from a trained checkpoint, ready for inference (eval mode).
+
+    ``checkpoint``: a kinetix checkpoint folder, run folder (latest checkpoint) or weights file;
+    the model, its arguments and class names come from its metadata (``cfg`` is ``None`` for a
+    weights file without a config, e.g. a converted one: then ``model_name`` says which model it
+    is). A checkpoint trained with ``train.ema`` gives its EMA weights, as ``kinetix test`` does."""
+    weights = _weights_file(checkpoint)
+    meta = _metadata(weights)
+    cfg_dict = json.loads(meta.get("config") or "{}")
+    cfg = config_from_dict(cfg_dict, str(weights)) if cfg_dict else None
+    names = json.loads(meta.get("class_names") or "null") or None
+    name = model_name or (cfg.model.name if cfg is not None else None)
+    if name is None:
+        raise CheckpointError(
+            f"{weights}: does not say which model it is; name it (--model NAME on the command line)"
+        )
+    kwargs = {}
+    if cfg is not None and model_name is None:
+        kwargs = dict(cfg.model.kwargs)
+        if cfg.model.num_frames is not None:
+            kwargs["num_frames"] = cfg.model.num_frames
+    if names:
+        kwargs["num_classes"] = len(names)
+    model = create_model(name, **kwargs)
+    ema = weights.parent / EMA_FILE
+    use_ema = not Path(checkpoint).is_file() and cfg is not None and cfg.train.ema and ema.exists()
+    load_checkpoint(model, ema if use_ema else weights)
+    return model.eval(), cfg, names

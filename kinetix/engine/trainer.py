@@ -1,0 +1,132 @@
+"""The Lightning ``Trainer`` every task runs on: run folders, devices/DDP, precision, loggers.
+
+:func:`build_trainer` maps the config's ``train`` section onto ``lightning.pytorch.Trainer``;
+checkpoints go through kinetix's :class:`~kinetix.engine.checkpoint.KinetixCheckpointIO`
+(safetensors folders, atomic), never Lightning's own ``ModelCheckpoint``.
+
+Loggers (``train.loggers``, training only): ``csv`` (default: ``RUN/logs/version_N/metrics.csv``),
+``tensorboard`` (``RUN/tensorboard``; needs the optional ``tensorboard`` package), or the class name
+of any other logger in ``lightning.pytorch.loggers`` (``WandbLogger``, ``MLFlowLogger``, ...), built
+with ``save_dir=RUN`` when it takes one.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import lightning.pytorch as pl
+
+from kinetix.errors import ConfigError
+
+from .checkpoint import KinetixCheckpointIO
+
+RUN_DIR_ENV = "KINETIX_RUN_DIR"  # shared by DDP ranks launched by Lightning
+
+
+def launched_externally() -> bool:
+    """torchrun / SLURM started every rank itself (all ranks must agree on the run folder)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 or int(os.environ.get("SLURM_NTASKS", "1")) > 1
+
+
+def make_run_dir(cfg) -> Path:
+    """``output_dir/name``; if it exists already, ``name-v1``, ``name-v2``, ... (never overwritten).
+
+    DDP children launched by Lightning inherit the parent's choice; under torchrun/SLURM every rank
+    uses ``output_dir/name`` as is (give each run its own name)."""
+    if os.environ.get(RUN_DIR_ENV):
+        return Path(os.environ[RUN_DIR_ENV])
+    base = Path(cfg.train.output_dir) / cfg.train.name
+    run_dir = base
+    if not launched_externally():
+        v = 0
+        while run_dir.exists() and any(run_dir.iterdir()):
+            v += 1
+            run_dir = base.with_name(f"{base.name}-v{v}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def _logger_names(value) -> list[str]:
+    names = [value] if isinstance(value, str) else list(value or [])
+    if not all(isinstance(n, str) and n for n in names):
+        raise ConfigError(f"train.loggers must be a list of logger names, got {value!r}")
+    return names
+
+
+def build_logger(name: str, run_dir: Path):
+    """One Lightning logger by name (see the module docstring)."""
+    key = name.lower()
+    if key == "csv":
+        return pl.loggers.CSVLogger(str(run_dir), name="logs")
+    if key in ("tensorboard", "tensorboardlogger"):
+        if importlib.util.find_spec("tensorboard") is None and importlib.util.find_spec("tensorboardX") is None:
+            raise ConfigError(
+                "train.loggers: tensorboard needs the tensorboard package: `pip install tensorboard` "
+                "(or use the default csv logger)"
+            )
+        return pl.loggers.TensorBoardLogger(str(run_dir), name="tensorboard")
+    known = {n.lower(): n for n in dir(pl.loggers) if n.endswith("Logger") and n != "Logger"}
+    cls_name = known.get(key) or known.get(key + "logger")
+    if cls_name is None:
+        raise ConfigError(
+            f"train.loggers: unknown logger {name!r}; use csv, tensorboard or one of "
+            f"{', '.join(sorted(known.values()))}"
+        )
+    cls = getattr(pl.loggers, cls_name)
+    kwargs = {"save_dir": str(run_dir)} if "save_dir" in inspect.signature(cls).parameters else {}
+    try:
+        return cls(**kwargs)
+    except ModuleNotFoundError as e:  # the logger's own package is an optional dependency
+        raise ConfigError(f"train.loggers: {cls_name} needs `pip install {e.name}`") from None
+
+
+def build_trainer(cfg, run_dir: Path, stage: str = "fit", callbacks=(), **overrides) -> pl.Trainer:
+    """A ``Trainer`` for ``stage`` (``fit``: devices/nodes/strategy and loggers of the config;
+    ``test``: one device, no logger). ``overrides`` go to the ``Trainer`` as they are."""
+    t = cfg.train
+    fit = stage == "fit"
+    loggers = [build_logger(n, run_dir) for n in _logger_names(t.loggers)] if fit else []
+    kwargs = dict(
+        accelerator=t.accelerator,
+        devices=t.devices if fit else 1,
+        num_nodes=t.num_nodes if fit else 1,
+        strategy=t.strategy if fit else "auto",  # ddp on CPU runs on gloo (Lightning's choice)
+        precision=t.precision,
+        max_epochs=t.epochs,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        gradient_clip_val=t.gradient_clip_val,
+        check_val_every_n_epoch=t.val_every_n_epochs,
+        log_every_n_steps=t.log_every_n_steps,
+        enable_checkpointing=False,  # kinetix's PeriodicCheckpoint does it (safetensors, atomic)
+        enable_progress_bar=t.progress_bar,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,  # ResumableSampler shards itself
+        default_root_dir=str(run_dir),
+        logger=loggers or False,
+        plugins=[KinetixCheckpointIO()],
+        callbacks=list(callbacks),
+    )
+    kwargs.update(overrides)
+    return pl.Trainer(**kwargs)
+
+
+def quiet_lightning() -> None:
+    """Silence Lightning's messages that do not apply to kinetix runs."""
+    for name in (
+        "lightning.pytorch.utilities.rank_zero",
+        "lightning.pytorch.accelerators.cuda",
+        "lightning.fabric.utilities.rank_zero",
+    ):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", ".*dataloader is not resumable.*")  # ours is, via the datamodule
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    warnings.filterwarnings("ignore", ".*checkpoint_io.*")
+    warnings.filterwarnings("ignore", ".*LeafSpec.*")
+    warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode.*")  # EMA copy, partial BN: on purpose
+    warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
