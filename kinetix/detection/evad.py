@@ -257,6 +257,9 @@ class EVAD(nn.Module):
         probs = actions.sigmoid()  # (B, P, A)
         out = []
         for p, b, a in zip(person, boxes, probs):
+            if p.is_meta:  # GMAC counting on the meta device: no values to threshold, keep every box
+                out.append(DetectionOutput(b, p, a.argmax(-1), a))
+                continue
             keep = p >= self.person_threshold
             keep = keep if keep.any() else torch.ones_like(keep)
             out.append(DetectionOutput(b[keep], p[keep], a[keep].argmax(-1), a[keep]))
