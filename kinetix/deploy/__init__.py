@@ -1,5 +1,6 @@
-"""Deployment: ONNX export checked in onnxruntime, onnxruntime runners (clip and online step models)
-and the fastest CPU inference path (:func:`optimize_for_inference`)."""
+"""Deployment: ONNX export checked in onnxruntime, onnxruntime runners (clip and online step models),
+the fastest CPU inference path (:func:`optimize_for_inference`) and live streaming
+(:mod:`kinetix.deploy.stream`)."""
 
 from kinetix.utils.inference import FastLinear, InferenceModel, onednn_copy
 
