@@ -44,6 +44,11 @@ class ConfigError(KinetixError):
     """A config file or a command-line override is invalid."""
 
 
+class ModelArgumentError(ConfigError, ValueError):
+    """A model's constructor rejects an argument or its value. Also a ``ValueError`` (what the
+    constructor raised), so library code catching that keeps working."""
+
+
 class CheckpointError(KinetixError):
     """A checkpoint file cannot be read or does not fit the model."""
 
