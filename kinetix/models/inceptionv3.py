@@ -129,12 +129,13 @@ class InceptionV3(nn.Module):
             kh, kw = (kw, kh) if cuhk else (kh, kw)
             return dict(kernel=(kh, kw), padding=(kh // 2, kw // 2))
 
-        def unit(parent: nn.Module, name: str, cin: int, cout: int, kernel=1, stride=1, padding=0, **kw):
+        def unit(parent: nn.Module, name: str, cin: int, cout: int, kernel=1, stride=1, padding=0) -> str:
+            """Add a conv unit (with a GSM at the official positions); returns its name."""
             path = f"{parent.path}.{name}" if isinstance(parent, _Block) else name
             gsm = temporal == "gsm" and path in GSM_POSITIONS
             t = GateShift(cout, num_frames, causal=causal) if gsm else None
             parent.add_module(
-                name, ConvUnit(cin, cout, kernel, stride, padding, bias=bias, eps=eps, temporal=t, **kw)
+                name, ConvUnit(cin, cout, kernel, stride, padding, bias=bias, eps=eps, temporal=t)
             )
             return name
 
