@@ -721,7 +721,8 @@ def sifa_swin_s(**kwargs) -> SwinTransformer:
 
 @register_model(cfgs=_sifa_cfgs(top1=83.1))
 def sifa_swin_b(**kwargs) -> SwinTransformer:
-    """SIFA-Transformer on Swin-B (released ``c2d_sifa_swin_vit_b_p4_w7``; paper: 83.1% K400 top-1)."""
+    """SIFA-Transformer on Swin-B (released ``c2d_sifa_swin_vit_b_p4_w7``; paper: 83.1% K400 top-1).
+    ``sifa_offsets="learned", sifa_last_frame="self"`` builds the paper's deformable block."""
     return _swin("b", True, kwargs)
 
 
