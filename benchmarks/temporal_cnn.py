@@ -118,12 +118,14 @@ def _report(title, res, base):
 
 @torch.no_grad()
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--frames", type=int, default=8)
-    p.add_argument("--size", type=int, default=224)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--skip", nargs="*", default=[], choices=["tsm", "stream", "gsm", "sifa", "nl"])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--frames", type=int, default=8, help="frames per clip (default 8)")
+    p.add_argument("--size", type=int, default=224, help="input height = width (default 224)")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per model (median reported; default 5)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument(
+        "--skip", nargs="*", default=[], choices=["tsm", "stream", "gsm", "sifa", "nl"], help="sections to leave out"
+    )
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)

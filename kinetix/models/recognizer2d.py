@@ -5,7 +5,8 @@
 - TSM: Lin et al., "TSM: Temporal Shift Module for Efficient Video Understanding", ICCV 2019 —
   TSN with a zero-cost temporal shift in the residual branch of every block
   (:class:`~kinetix.layers.temporal.TemporalShift`); online TSM shifts only from the past and runs
-  frame by frame through :class:`StreamingRecognizer`.
+  frame by frame through :class:`StreamingRecognizer`. Backbones: ResNet, BN-Inception and
+  MobileNetV2 (``tsm_mobilenetv2[_online]``, the official online demo's model).
 - GSM: Sudhakaran et al., "Gate-Shift Networks for Video Action Recognition", CVPR 2020 — on
   BN-Inception, Inception-v3 (the backbone of the official Something-V1 results) and ResNet-50.
 - TSM + non-local: TSM ResNet-50 with embedded-Gaussian non-local blocks (Wang et al., "Non-local
@@ -31,6 +32,7 @@ from ._pretrained import BNINCEPTION_MEAN, BNINCEPTION_STD, PretrainedCfg
 from ._registry import register_model
 from .bninception import BNInception
 from .inceptionv3 import InceptionV3
+from .mobilenetv2 import MobileNetV2, convert_official
 from .resnet import BasicBlock, Bottleneck, ResNet, TemporalMaxPool, resnet
 
 __all__ = ["Recognizer2D", "StreamingRecognizer", "fold_time"]
@@ -204,6 +206,8 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: Recognizer2
       ``layer2`` as ``layer2.net``; GSM BN-Inception ids ``gsm_<conv id>.*`` are kept as is; GSM
       Inception-v3 ids ``mixed_4_tower_conv_1_Conv2D`` / ``..._batchnorm`` / ``gsm_<conv id>`` map to
       torchvision names; TSM non-local blocks ``layerX.Y.block.*`` / ``layerX.Y.nl.*``);
+    - official TSM MobileNetV2 (offline and the online demo's layout):
+      :func:`~kinetix.models.mobilenetv2.convert_official`;
     - mmaction2 TSN/TSM (``backbone.conv1.conv``, ``convK.bn``, ``downsample.conv/bn``,
       ``cls_head.fc_cls``; TSM-NL ``layerX.Y.block.*`` / ``layerX.Y.non_local_block.*``);
     - 2D ImageNet files (torchvision ResNet / Caffe BN-Inception): loaded into the backbone with
@@ -212,6 +216,8 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: Recognizer2
     sd = {
         k.removeprefix("module."): v for k, v in state_dict.items() if not k.startswith("data_preprocessor.")
     }
+    if isinstance(model.backbone, MobileNetV2) and (out := convert_official(sd, model)) is not None:
+        return out
     if not any(k.startswith(("base_model.", "backbone.", "new_fc.", "cls_head.")) for k in sd):
         from .resnet import load_image_weights
 
@@ -389,6 +395,34 @@ def tsm_r50_online(**kwargs):
     return tsm_resnet(50, causal=True, **kwargs)
 
 
+def _mobilenetv2_recognizer(
+    num_classes=400, num_frames=8, dropout=0.5, partial_bn=False, channels_last=False, **bb
+) -> Recognizer2D:
+    backbone = MobileNetV2(num_classes=0, num_frames=num_frames, **bb)
+    return Recognizer2D(backbone, num_classes, num_frames, dropout, partial_bn, channels_last)
+
+
+def _shift(shift_div: int, causal: bool):
+    return functools.partial(TemporalShift, fold_div=shift_div, causal=causal)
+
+
+_TSM_MBV2 = {"k400": _K400["k400"].replace(paper_metrics={"k400_top1_8x10x1": 69.5})}
+
+
+@register_model(cfgs=_TSM_MBV2)
+def tsm_mobilenetv2(shift_div: int = 8, **kwargs):
+    """TSM MobileNetV2 (as released: a shift at the input of the 10 inverted residual blocks that have
+    an identity and an expansion layer); official K400 8f dense: 69.5% (10 clips)."""
+    return _mobilenetv2_recognizer(temporal=_shift(shift_div, False), **kwargs)
+
+
+@register_model(cfgs={"": _cfg()})
+def tsm_mobilenetv2_online(shift_div: int = 8, **kwargs):
+    """Online (uni-directional) TSM MobileNetV2, the official online demo's model: 1/8 of the channels
+    from the previous frame only. Train on clips, run with :class:`StreamingRecognizer`."""
+    return _mobilenetv2_recognizer(temporal=_shift(shift_div, True), **kwargs)
+
+
 def _bninception_recognizer(
     num_classes=174, num_frames=8, dropout=0.5, partial_bn=False, channels_last=False, **bb
 ):
@@ -506,6 +540,19 @@ def test_tsn_inceptionv3(variant: str = "cuhk", **kwargs):
 def test_gsm_inceptionv3(variant: str = "cuhk", causal: bool = False, **kwargs):
     """Tiny GSM Inception-v3 for CI: every width / 8, 75x75 input (the smallest Inception-v3 input)."""
     return _inceptionv3_recognizer(temporal="gsm", variant=variant, causal=causal, width_div=8, **kwargs)
+_TINY_MBV2 = dict(width_mult=0.25, last_channel=64)
+
+
+@register_model(cfgs=_K400_CI)
+def test_tsm_mobilenetv2(shift_div: int = 8, **kwargs):
+    """Tiny TSM MobileNetV2 (width 0.25, last conv 64 channels) for CI."""
+    return _mobilenetv2_recognizer(**{"num_classes": 10, **_TINY_MBV2, **kwargs}, temporal=_shift(shift_div, False))
+
+
+@register_model(cfgs=_K400_CI)
+def test_tsm_mobilenetv2_online(shift_div: int = 8, **kwargs):
+    """Tiny online TSM MobileNetV2 for streaming tests/demos."""
+    return _mobilenetv2_recognizer(**{"num_classes": 10, **_TINY_MBV2, **kwargs}, temporal=_shift(shift_div, True))
 
 
 def _resnet_recognizer_tiny(

@@ -141,7 +141,10 @@ class WindowAttention(Attention):
         qkv = self.qkv_packed(x).permute(3, 0, 1, 4, 2, 5)  # (3, B, nW, heads, N, hd)
         q, k, v = qkv.reshape(3, B, nW * self.num_heads, N, self.head_dim).unbind(0)
         x = self.sdpa(q, k, v, bias.to(q.dtype))  # (B, nW*heads, N, hd)
-        x = x.view(B, nW, self.num_heads, N, self.head_dim).transpose(2, 3).reshape(B, nW, N, C)
+        x = x.view(B, nW, self.num_heads, N, self.head_dim).transpose(2, 3)  # (B, nW, N, heads, hd)
+        if torch.compiler.is_exporting():  # torch.onnx decomposes SDPA into a differently laid out
+            x = x.clone(memory_format=torch.contiguous_format)  # output: the reshape must not be a view
+        x = x.reshape(B, nW, N, C)
         return self.proj_drop(self.proj(x))
 
     def extra_repr(self) -> str:
