@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from kinetix.errors import ConfigError
 from kinetix.models import create_model
 from kinetix.models.swin import InterFrameResidual
 
@@ -115,5 +116,5 @@ def test_model_options_default_to_released_and_start_as_released():
     paper.train()
     paper(x).square().sum().backward()
     assert all(m.conv_offset.weight.grad.abs().sum() > 0 for m in sifa)
-    with pytest.raises(ValueError, match="offsets"):
+    with pytest.raises(ConfigError, match="offsets"):  # create_model reports a bad argument
         create_model("test_sifa_swin", sifa_offsets="deformable")
