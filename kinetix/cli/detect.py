@@ -3,6 +3,7 @@ spatio-temporal action detector (EVAD) at keyframes and draw boxes with action l
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 
@@ -12,8 +13,11 @@ def register(sub) -> None:
         help="detect actors and their actions in a video",
         description="Run a trained detector (a `task: detection` checkpoint) every --every seconds, "
         "draw boxes with their top actions on the video and/or write AVA-format predictions.",
-        epilog="example: kinetix detect clip.mp4 --checkpoint runs/evad_synthetic/checkpoints/best "
-        "--out overlay.mp4 --csv preds.csv",
+        epilog="examples:\n"
+        "  kinetix detect clip.mp4 --checkpoint runs/evad_synthetic --out overlay.mp4 --csv preds.csv\n"
+        "  kinetix detect clip.mp4 --checkpoint evad_b.safetensors --csv preds.csv --every 0.5 --threshold 0.5\n"
+        "  kinetix detect clip.mp4 --checkpoint runs/evad_synthetic --tokens kept.png   # kept-token map",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("video", type=Path, help="video file (or frame folder)")
     p.add_argument("--checkpoint", required=True, help="checkpoint folder, run folder or weights file")
@@ -36,6 +40,8 @@ def run(args) -> int:
     from kinetix.engine.detection import detect_video, keyframe_clip, load_detector
     from kinetix.errors import ConfigError, VideoDecodeError
 
+    from ._common import check_output_path
+
     if args.out is None and args.csv is None and args.tokens is None:
         raise ConfigError("nothing to do: give --out overlay.mp4, --csv preds.csv and/or --tokens tokens.png")
     if not args.video.exists():
@@ -45,6 +51,10 @@ def run(args) -> int:
     for f in (args.out, args.csv, args.tokens):
         if f is not None and f.exists() and not args.force:
             raise ConfigError(f"{f} exists; pass --force to overwrite it")
+    for flag, f in (("--out", args.out), ("--csv", args.csv), ("--tokens", args.tokens)):
+        if f is not None:
+            check_output_path(f, flag)
+            f.parent.mkdir(parents=True, exist_ok=True)
     model, names, settings = load_detector(args.checkpoint)
     keys, dets, fps, (H, W) = detect_video(model, args.video, settings, every=args.every)
     kept = []  # per keyframe: (boxes, labels) above the threshold

@@ -16,7 +16,11 @@ frame rate videos index consistently). Only what a clip needs is decoded:
    rotated upright from the display matrix.
 
 Files whose packets carry no timestamps or keyframe flags fall back to a sequential decode (and
-count frames by decoding). Unreadable inputs raise :class:`kinetix.errors.VideoDecodeError` naming the file, the cause
+count frames by decoding). A file whose tail is cut off keeps the frame count its header declares
+(so clips are sampled over the whole video, as intended) and a request for a frame that is not
+there raises :class:`~kinetix.errors.VideoDecodeError`: a damaged sample is never silently
+re-sampled from the part that survived. Frames after a resolution change mid-stream are scaled to
+the stream's initial size. Unreadable inputs raise :class:`kinetix.errors.VideoDecodeError` naming the file, the cause
 and a fix. ``FrameFolderReader`` offers the same interface for folders of jpg/png frames
 (Something-Something V1, AVA rawframes); ``open_video`` picks the right one.
 """
@@ -62,8 +66,9 @@ class _FrameIndex:
     pts: np.ndarray | None  # (N,) int64, sorted; None -> no usable timestamps, decode sequentially
     key_pos: np.ndarray  # (K,) frame indices of keyframes (presentation order), sorted
     key_seek: np.ndarray  # (K,) seek timestamp of each keyframe: min(pts, dts), never past the frame
-    num_frames: int
+    num_frames: int  # frames the file declares (its header), or the frames present if it declares none
     rotation: int | None = None  # display-matrix rotation (degrees ccw), known after the first decode
+    present: int | None = None  # frames actually in the file when fewer than declared (truncated)
 
 
 def clear_index_cache() -> None:
@@ -78,6 +83,8 @@ def _check_file(path: Path) -> None:
         raise VideoDecodeError(
             path, "is a directory", "Use FrameFolderReader / open_video() for folders of frames"
         )
+    if not path.is_file():  # reading a pipe or a device could block or never end
+        raise VideoDecodeError(path, "not a regular file (a pipe, device or socket)", "Pass a video file")
     if path.stat().st_size == 0:
         raise VideoDecodeError(path, "file is empty (0 bytes)", "Re-download or re-encode it")
 
@@ -98,22 +105,46 @@ def _open_container(path: Path) -> tuple[av.container.InputContainer, av.video.s
     return container, container.streams.video[0]
 
 
+def _declared_frames(stream, seen: int, discarded: int) -> int | None:
+    """Frames the header promises when the file holds fewer (a cut-off tail), else None.
+
+    MP4/MOV (moov at the front) state the sample count; other containers only a duration, which
+    is trusted when it exceeds the packets' span by more than a second and 10%."""
+    declared = int(stream.frames or 0)
+    if declared:
+        return declared if declared > seen + discarded else None
+    rate = stream.average_rate or stream.guessed_rate
+    if stream.duration and stream.time_base and rate:
+        expected = round(float(stream.duration * stream.time_base) * float(rate))
+        if expected > 1.1 * seen + float(rate):
+            return expected
+    return None
+
+
 def _scan_packets(path: Path, container, stream) -> _FrameIndex:
     """Demux (no decode) the video stream once and build the frame table."""
     pts, dts, key = [], [], []
+    discarded = 0
     try:
         for pkt in container.demux(stream):
-            if pkt.size == 0 or pkt.is_discard:  # flush packet / frame dropped by an edit list
+            if pkt.size == 0:  # flush packet
+                continue
+            if pkt.is_discard:  # frame dropped by an edit list
+                discarded += 1
                 continue
             pts.append(pkt.pts)
             dts.append(pkt.dts)
             key.append(pkt.is_keyframe)
-    except av.FFmpegError:  # damaged tail: keep what could be read, decoding will tell the rest
+    except av.FFmpegError:  # damaged tail: keep what could be read; the declared count tells the rest
         pass
     if not pts:
         raise VideoDecodeError(path, "the video stream has no frames", _FIX_FILE)
+    declared = _declared_frames(stream, len(pts), discarded)
     if not any(key) or any(p is None for p in pts) or len(set(pts)) != len(pts):  # cannot seek safely
-        return _FrameIndex(None, np.zeros(1, np.int64), np.zeros(1, np.int64), _count_by_decoding(path))
+        n = _count_by_decoding(path)
+        if declared is not None:
+            return _FrameIndex(None, np.zeros(1, np.int64), np.zeros(1, np.int64), declared, present=n)
+        return _FrameIndex(None, np.zeros(1, np.int64), np.zeros(1, np.int64), n)
     first = key.index(True)  # decoders drop frames before the first keyframe (decode order)
     pts, dts, key = pts[first:], dts[first:], np.array(key[first:])
     pts_arr = np.array(pts, dtype=np.int64)
@@ -123,6 +154,8 @@ def _scan_packets(path: Path, container, stream) -> _FrameIndex:
     key_sorted = key[order]
     key_pos = np.flatnonzero(key_sorted)
     key_seek = np.minimum(pts_arr, dts_arr)[order][key_pos]
+    if declared is not None:
+        return _FrameIndex(pts_sorted, key_pos, key_seek, declared, present=len(pts_sorted))
     return _FrameIndex(pts_sorted, key_pos, key_seek, len(pts_sorted))
 
 
@@ -158,13 +191,16 @@ def _checked_indices(path, indices, n: int, what: str) -> np.ndarray:
     return idx
 
 
-def frame_to_rgb(frame: av.VideoFrame, short_side: int | None = None) -> np.ndarray:
+def frame_to_rgb(
+    frame: av.VideoFrame, short_side: int | None = None, base_size: tuple[int, int] | None = None
+) -> np.ndarray:
     """One decoded frame -> upright RGB uint8 ``(H, W, 3)``, scaled on conversion so that the short
-    side is ``short_side`` (aspect kept) when given. The conversion every reader uses."""
+    side is ``short_side`` (aspect kept) when given. ``base_size`` ``(w, h)`` is the size the stream
+    started with: a frame of another size (a resolution change mid-stream) is scaled back to it, as
+    ffmpeg does. The conversion every reader uses."""
     rot = round(frame.rotation / 90) % 4 if frame.rotation else 0
-    w, h = frame.width, frame.height
-    if short_side is not None:
-        ow, oh = _display_size(w, h, short_side)
+    ow, oh = _display_size(*(base_size or (frame.width, frame.height)), short_side)
+    if (frame.width, frame.height) != (ow, oh):
         img = frame.to_ndarray(format="rgb24", width=ow, height=oh)  # (oh, ow, 3)
     else:
         img = frame.to_ndarray(format="rgb24")  # (h, w, 3)
@@ -273,7 +309,7 @@ class VideoReader:
         if self.index.rotation is None:
             rot = round(frame.rotation / 90) % 4 if frame.rotation else 0
             self.index.rotation = rot * 90 if rot < 3 else -90
-        return frame_to_rgb(frame, self.short_side)
+        return frame_to_rgb(frame, self.short_side, self._coded_size if all(self._coded_size) else None)
 
     def get_frames(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> torch.Tensor:
         """Decode frames ``indices`` (0-based, presentation order) -> uint8 tensor (T, H, W, 3)."""
@@ -283,6 +319,14 @@ class VideoReader:
         if not idx.size:
             return torch.empty((0, self.height, self.width, 3), dtype=torch.uint8)
         uniq, inverse = np.unique(idx, return_inverse=True)
+        present = self.index.present
+        if present is not None and uniq[-1] >= present:
+            raise VideoDecodeError(
+                self.path,
+                f"the file is truncated: it declares {self.num_frames} frames but holds only {present}, "
+                f"and frame {int(uniq[uniq >= present][0])} is past the end",
+                _FIX_FILE,
+            )
         if self.index.pts is None:
             frames = self._decode_sequential(uniq)
         else:
