@@ -14,7 +14,8 @@ wires that to real sources:
   frame (decode-time resize of the short side, centre crop, mean/std, RGB/BGR), the same pixels
   ``kinetix test`` / ``predict`` feed the model.
 - backends with ``step(frame) -> logits`` and ``reset()``: :class:`TorchBackend` wraps
-  :class:`~kinetix.models.recognizer2d.StreamingRecognizer`.
+  :class:`~kinetix.models.recognizer2d.StreamingRecognizer`, :class:`OnnxBackend` runs the
+  exported step model (explicit shift caches) in onnxruntime.
 - :class:`LabelSmoother` — the label is the argmax of the mean logits of the last ``history``
   frames (the official online demo sums the last 12).
 - :func:`run_stream` — the loop: read, preprocess, step, smooth, report, draw (``--out``), pace a
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -47,11 +49,15 @@ from kinetix.models.recognizer2d import Recognizer2D, StreamingRecognizer
 from kinetix.models.resnet import BasicBlock, Bottleneck, ResNet
 from kinetix.utils.state_dict import read_safetensors_metadata
 
+from .export import export_step_onnx
+from .runtime import OnnxStreamingRecognizer
+
 __all__ = [
     "BACKENDS",
     "FramePreprocess",
     "FrameSource",
     "LabelSmoother",
+    "OnnxBackend",
     "SourceFrame",
     "StreamError",
     "StreamReport",
@@ -326,22 +332,48 @@ class TorchBackend:
         self.stream.reset()
 
 
-def make_backend(name: str, model: torch.nn.Module):
-    """The streaming backend ``name`` (one of :data:`BACKENDS`) for ``model``."""
-    if name == "torch":
-        try:
-            return TorchBackend(model)
-        except ValueError as e:  # not a causal model
-            raise ConfigError(
-                f"{getattr(model, 'model_name', type(model).__name__)} cannot stream: {e}. Use an online model "
-                "(tsm_mobilenetv2_online, tsm_r50_online, test_tsm_online, ...) trained on clips."
-            ) from None
-    if name == "onnxruntime":
+class OnnxBackend:
+    """onnxruntime: ``model`` exported as an ONNX step model with explicit shift caches
+    (:func:`~kinetix.deploy.export.export_step_onnx`, checked against PyTorch on export) and run by
+    :class:`~kinetix.deploy.runtime.OnnxStreamingRecognizer`. ``path``: where the ``.onnx`` goes
+    (default: a temporary folder, removed with the backend). Needs the ``deploy`` extra."""
+
+    name = "onnxruntime"
+
+    def __init__(self, model: torch.nn.Module, input_size: int, path: str | Path | None = None):
+        self._tmp = None
+        if path is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="kinetix-stream-")
+            path = Path(self._tmp.name) / "step.onnx"
+        export_step_onnx(model.eval(), path, input_size=input_size)
+        self.runner = OnnxStreamingRecognizer(path, threads=torch.get_num_threads())
+
+    def step(self, frame: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.runner.step(frame.numpy()))[0]
+
+    def reset(self) -> None:
+        self.runner.reset()
+
+
+def _model_label(model: torch.nn.Module) -> str:
+    return getattr(model, "model_name", type(model).__name__)
+
+
+def make_backend(name: str, model: torch.nn.Module, input_size: int | None = None):
+    """The streaming backend ``name`` (one of :data:`BACKENDS`) for ``model``; ``input_size`` is
+    the frame size the ONNX step model is exported for (default: the model's)."""
+    if name not in BACKENDS:
+        raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}, got {name!r}")
+    try:
+        StreamingRecognizer(model)
+    except ValueError as e:  # not a causal model
         raise ConfigError(
-            "--backend onnxruntime: streaming with the exported ONNX step model is not available in this "
-            "version yet (it needs `pip install kinetix[deploy]` and the ONNX step-model runner); use --backend torch"
-        )
-    raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}, got {name!r}")
+            f"{_model_label(model)} cannot stream: {e}. Use an online model "
+            "(tsm_mobilenetv2_online, tsm_r50_online, test_tsm_online, ...) trained on clips."
+        ) from None
+    if name == "torch":
+        return TorchBackend(model)
+    return OnnxBackend(model, input_size or model.pretrained_cfg.input_size)
 
 
 class LabelSmoother:

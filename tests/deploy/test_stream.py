@@ -21,6 +21,7 @@ from kinetix.data.io import VideoReader, write_video
 from kinetix.data.transforms import test_transform
 from kinetix.deploy.stream import (
     FramePreprocess,
+    OnnxBackend,
     StreamError,
     TorchBackend,
     load_stream_model,
@@ -333,11 +334,31 @@ def test_optimized_torch_backend_equals_the_eager_model(name):
         torch.testing.assert_close(v, before[k], rtol=0, atol=0)
 
 
+def test_onnxruntime_backend_equals_torch(media):
+    pytest.importorskip("onnxruntime")
+    model, settings, names = load_stream_model(media["ckpt"], None)
+    backend = make_backend("onnxruntime", model, settings.input_size)
+    assert isinstance(backend, OnnxBackend)
+    ort = run_stream(open_source(str(media["mp4"])), backend, FramePreprocess(settings), names, keep_logits=True)
+    ref = _run(str(media["mp4"]), media, optimize=False, keep_logits=True)
+    a = torch.stack([r.logits for r in ort.results])
+    b = torch.stack([r.logits for r in ref.results])
+    assert a.shape == (NUM_FRAMES, 10) and (a - b).abs().max() <= 1e-4 * b.abs().max()
+
+
+@pytest.mark.slow
+def test_cli_onnxruntime_backend(media, capsys):
+    pytest.importorskip("onnxruntime")
+    rc = cli_main(["stream", str(media["mp4"]), "--checkpoint", str(media["ckpt"]), "--backend", "onnxruntime", "--quiet"])
+    assert rc == 0 and f"{NUM_FRAMES} frames processed" in capsys.readouterr().out
+
+
 def test_offline_models_and_unknown_backends_are_refused(media):
-    with pytest.raises(ConfigError, match="cannot stream"):
-        make_backend("torch", create_model("test_tsm_mobilenetv2"))
-    with pytest.raises(ConfigError, match="onnxruntime"):
-        make_backend("onnxruntime", create_model(MODEL))
+    for backend in ("torch", "onnxruntime"):
+        with pytest.raises(ConfigError, match="cannot stream"):
+            make_backend(backend, create_model("test_tsm_mobilenetv2"))
+    with pytest.raises(ConfigError, match="--backend must be one of"):
+        make_backend("tensorrt", create_model(MODEL))
 
 
 class socket_free_port:
