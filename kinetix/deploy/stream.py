@@ -49,6 +49,7 @@ from kinetix.models.recognizer2d import Recognizer2D, StreamingRecognizer
 from kinetix.models.resnet import BasicBlock, Bottleneck, ResNet
 from kinetix.utils.state_dict import read_safetensors_metadata
 
+from ._optional import onnxruntime_available
 from .export import export_step_onnx
 from .runtime import OnnxStreamingRecognizer
 
@@ -71,7 +72,7 @@ __all__ = [
     "run_stream",
 ]
 
-BACKENDS = ("torch", "onnxruntime")
+BACKENDS = ("auto", "torch", "onnxruntime")
 _DEVICE_FORMATS = ("v4l2", "avfoundation", "dshow")
 _URL_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
 
@@ -359,9 +360,23 @@ def _model_label(model: torch.nn.Module) -> str:
     return getattr(model, "model_name", type(model).__name__)
 
 
-def make_backend(name: str, model: torch.nn.Module, input_size: int | None = None):
+def _median_step_ms(backend, frame: torch.Tensor, rounds: int) -> float:
+    times = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        backend.step(frame)
+        times.append(1000 * (time.perf_counter() - t))
+    backend.reset()
+    return float(np.median(times))
+
+
+def make_backend(name: str, model: torch.nn.Module, input_size: int | None = None, rounds: int = 12):
     """The streaming backend ``name`` (one of :data:`BACKENDS`) for ``model``; ``input_size`` is
-    the frame size the ONNX step model is exported for (default: the model's)."""
+    the frame size (default: the model's).
+
+    ``"auto"``: with onnxruntime installed, both backends are built (the ONNX export is checked
+    against PyTorch) and timed on ``rounds`` interleaved steps; the faster is returned (its
+    ``timings`` attribute holds the medians). Without onnxruntime, or when the export fails, torch."""
     if name not in BACKENDS:
         raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}, got {name!r}")
     try:
@@ -371,9 +386,32 @@ def make_backend(name: str, model: torch.nn.Module, input_size: int | None = Non
             f"{_model_label(model)} cannot stream: {e}. Use an online model "
             "(tsm_mobilenetv2_online, tsm_r50_online, test_tsm_online, ...) trained on clips."
         ) from None
+    size = input_size or model.pretrained_cfg.input_size
     if name == "torch":
         return TorchBackend(model)
-    return OnnxBackend(model, input_size or model.pretrained_cfg.input_size)
+    if name == "onnxruntime":
+        return OnnxBackend(model, size)
+    torch_backend = TorchBackend(model)
+    torch_backend.timings = {}
+    if not onnxruntime_available():
+        return torch_backend
+    try:
+        ort_backend = OnnxBackend(model, size)
+    except KinetixError as e:  # an export that does not reproduce torch is never used
+        torch_backend.timings = {"onnxruntime": f"not used: {e}"}
+        return torch_backend
+    frame = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        for b in (torch_backend, ort_backend):  # warm-up
+            _median_step_ms(b, frame, 2)
+        ms = {"torch": [], "onnxruntime": []}
+        for _ in range(3):  # interleaved
+            ms["torch"].append(_median_step_ms(torch_backend, frame, max(1, rounds // 3)))
+            ms["onnxruntime"].append(_median_step_ms(ort_backend, frame, max(1, rounds // 3)))
+    timings = {k: float(np.median(v)) for k, v in ms.items()}
+    best = ort_backend if timings["onnxruntime"] < timings["torch"] else torch_backend
+    best.timings = timings
+    return best
 
 
 class LabelSmoother:

@@ -170,7 +170,7 @@ def test_file_stream_equals_offline_causal_model(media):
 
 def test_cli_file_with_overlay(media, tmp_path, capsys):
     out = tmp_path / "overlay.mp4"
-    rc = cli_main(["stream", str(media["mp4"]), "--checkpoint", str(media["ckpt"]), "--out", str(out)])
+    rc = cli_main(["stream", str(media["mp4"]), "--checkpoint", str(media["ckpt"]), "--out", str(out), "--backend", "torch"])
     text = capsys.readouterr().out
     assert rc == 0, text
     assert text.count("fps") == NUM_FRAMES  # one live line per frame (not a tty)
@@ -198,7 +198,7 @@ def test_http_loopback_stream(media, http_stream, tmp_path, capsys):
     for a, b in zip(report.results, file_report.results):
         torch.testing.assert_close(a.logits, b.logits)  # same frames, same predictions
     out = tmp_path / "net.mp4"
-    rc = cli_main(["stream", http_stream(), "--checkpoint", str(media["ckpt"]), "--out", str(out), "--quiet"])
+    rc = cli_main(["stream", http_stream(), "--checkpoint", str(media["ckpt"]), "--out", str(out), "--quiet", "--backend", "torch"])
     text = capsys.readouterr().out
     assert rc == 0 and f"{NUM_FRAMES} frames processed" in text and "frame " not in text
     with VideoReader(out) as r:
@@ -207,7 +207,7 @@ def test_http_loopback_stream(media, http_stream, tmp_path, capsys):
 
 def test_http_server_closing_early(media, http_stream, capsys):
     url = http_stream(cut_fraction=0.5)
-    rc = cli_main(["stream", url, "--checkpoint", str(media["ckpt"]), "--quiet"])
+    rc = cli_main(["stream", url, "--checkpoint", str(media["ckpt"]), "--quiet", "--backend", "torch"])
     text = capsys.readouterr().out
     # FFmpeg reports the cut as a read error (rc 1) or, on some builds, as the end of the stream (rc 0)
     assert rc in (0, 1)
@@ -231,7 +231,7 @@ def test_truncated_file_stops_with_a_message(media, tmp_path, capsys):
                 dst.mux(pkt)
     data = fast.read_bytes()
     cut.write_bytes(data[: int(len(data) * 0.6)])
-    rc = cli_main(["stream", str(cut), "--checkpoint", str(media["ckpt"]), "--quiet"])
+    rc = cli_main(["stream", str(cut), "--checkpoint", str(media["ckpt"]), "--quiet", "--backend", "torch"])
     text = capsys.readouterr().out
     assert rc == 1, text
     assert "of its 24 frames" in text and "frames processed" in text
@@ -344,6 +344,16 @@ def test_onnxruntime_backend_equals_torch(media):
     a = torch.stack([r.logits for r in ort.results])
     b = torch.stack([r.logits for r in ref.results])
     assert a.shape == (NUM_FRAMES, 10) and (a - b).abs().max() <= 1e-4 * b.abs().max()
+
+
+@pytest.mark.slow
+def test_auto_backend_picks_the_faster(media):
+    pytest.importorskip("onnxruntime")
+    model, settings, _ = load_stream_model(media["ckpt"], None)
+    backend = make_backend("auto", model, settings.input_size)
+    t = backend.timings
+    assert set(t) == {"torch", "onnxruntime"}
+    assert backend.name == min(t, key=t.get)
 
 
 @pytest.mark.slow
