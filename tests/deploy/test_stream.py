@@ -6,9 +6,14 @@ on the test views of the whole clip."""
 from __future__ import annotations
 
 import http.server
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import av
 import numpy as np
@@ -383,3 +388,27 @@ class socket_free_port:
 
     def __exit__(self, *exc):
         pass
+
+
+@pytest.mark.slow
+def test_sigint_prints_the_summary_without_a_traceback(media):
+    """A real Ctrl-C (SIGINT) to ``kinetix stream --realtime`` on a long file."""
+    long = write_video(media["dir"] / "long.mp4", np.concatenate([_frames()] * 20), fps=FPS, gop=8)  # ~19 s
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    cmd = [sys.executable, "-m", "kinetix", "stream", str(long), "--checkpoint", str(media["ckpt"]),
+           "--realtime", "--backend", "torch", "--threads", "1"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.time() + 240
+        first = proc.stdout.readline()  # the first live line: the loop is running
+        assert first.startswith("frame"), first + proc.stderr.read()
+        time.sleep(1.0)
+        assert time.time() < deadline
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "interrupted" in out and "frames processed" in out and "Traceback" not in err
+    done = int(out.split(" frames processed")[0].split()[-1])
+    assert 0 < done < 20 * NUM_FRAMES
