@@ -166,7 +166,13 @@ class ConversionReport:
     def describe(self) -> str:
         parts = [f"{self.loaded} of {self.total} model tensors from the source"]
         if self.missing:
-            parts.append(f"missing (left at the model's initialisation): {_short(self.missing)}")
+            groups: dict[str, int] = {}
+            for k in self.missing:  # by top-level module: "fpn (24), sparse_rcnn (40)"
+                groups[k.split(".", 1)[0]] = groups.get(k.split(".", 1)[0], 0) + 1
+            by_module = ", ".join(f"{g} ({n})" for g, n in groups.items())
+            parts.append(
+                f"missing (left at the model's initialisation): {by_module}; e.g. {_short(self.missing, 4)}"
+            )
         if self.unused:
             parts.append(f"unused source tensors: {_short(self.unused)}")
         return "; ".join(parts)

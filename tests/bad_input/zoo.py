@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import io
 import itertools
 import json
@@ -73,7 +72,9 @@ def _audio_only(path: Path) -> Path:
     with av.open(str(path), "w", format="mp4") as c:
         s = c.add_stream("aac", rate=16000)
         for i in range(10):
-            frame = av.AudioFrame.from_ndarray(np.zeros((2, 1024), np.float32), format="fltp", layout="stereo")
+            frame = av.AudioFrame.from_ndarray(
+                np.zeros((2, 1024), np.float32), format="fltp", layout="stereo"
+            )
             frame.sample_rate, frame.pts = 16000, i * 1024
             c.mux(s.encode(frame))
         c.mux(s.encode())
@@ -207,7 +208,9 @@ def _make_bad(ws: Workspace) -> dict[str, Path]:
         data / "unknown_class.csv",
         "label,youtube_id,time_start,time_end,split\nno such class,abc,0,1,val\n",
     )
-    b["ann/all-missing"] = _write(data / "all_missing.txt", "".join(f"gone{i}.mp4 {i % 3}\n" for i in range(6)))
+    b["ann/all-missing"] = _write(
+        data / "all_missing.txt", "".join(f"gone{i}.mp4 {i % 3}\n" for i in range(6))
+    )
     b["ann/one-bad-video"] = _write(
         data / "one_bad.txt", "\n".join(good_rows) + f"\n{os.path.relpath(v / 'random.mp4', data)} 0\n"
     )
@@ -238,7 +241,10 @@ def _make_bad(ws: Workspace) -> dict[str, Path]:
     b["config/yaml-bomb-extra"] = cfg("bomb_extra", text=good_text + nested)
     b["config/yaml-bomb-kwargs"] = cfg(
         "bomb_kwargs",
-        text=good_text.replace("model:\n  name: engine_tiny\n", "model:\n  name: engine_tiny\n  kwargs:\n    x: &x [1, 2]\n    y: [*x, *x]\n"),
+        text=good_text.replace(
+            "model:\n  name: engine_tiny\n",
+            "model:\n  name: engine_tiny\n  kwargs:\n    x: &x [1, 2]\n    y: [*x, *x]\n",
+        ),
     )
     b["config/no-model"] = cfg("no_model", lambda d: d.pop("model"))
     b["config/epochs-negative"] = cfg("epochs_neg", lambda d: d["train"].update(epochs=-3))
@@ -248,7 +254,9 @@ def _make_bad(ws: Workspace) -> dict[str, Path]:
     b["config/precision-unknown"] = cfg("precision", lambda d: d["train"].update(precision="fp8"))
     b["config/model-kwarg-unknown"] = cfg("kwarg", lambda d: d["model"].update(kwargs={"wdith": 4}))
     b["config/model-unknown"] = cfg("model_unknown", lambda d: d["model"].update(name="tsm_r5O"))
-    b["config/non-utf8"] = cfg("latin1", text=good_text.replace("name: tiny", "name: caf\xe9").encode("latin-1"))
+    b["config/non-utf8"] = cfg(
+        "latin1", text=good_text.replace("name: tiny", "name: caf\xe9").encode("latin-1")
+    )
     b["config/output-dir-is-file"] = cfg("outdir_file", lambda d: d["train"].update(output_dir=str(ws.good)))
     b["config/max-bad-fraction-above-1"] = cfg("maxbad", lambda d: d["data"].update(max_bad_fraction=1.5))
     b["config/empty"] = cfg("empty", text="")
@@ -304,7 +312,11 @@ def _make_bad(ws: Workspace) -> dict[str, Path]:
     with torch.no_grad():
         next(nan.parameters()).fill_(float("nan"))
     b["weights/nan"] = save_model_weights(nan, w / "nan.safetensors")
-    part = {k: v for k, v in create_model("test_evad", num_classes=3).state_dict().items() if k.startswith("blocks.")}
+    part = {
+        k: v
+        for k, v in create_model("test_evad", num_classes=3).state_dict().items()
+        if k.startswith("blocks.")
+    }
     torch.save({"model_state": part}, _write(w / "evad_backbone.pyth", b""))
     b["weights/partial"] = w / "evad_backbone.pyth"
     b["weights/other-model"] = ws.weights  # test_tsm weights where test_evad / engine_tiny is expected
@@ -383,7 +395,12 @@ def cases(ws: Workspace) -> list[Case]:
             (standalone / f.name).write_bytes(f.read_bytes())
     add("train --resume", "standalone-checkpoint", ["train", "--resume", standalone, "--set", "train.epochs=2",
         f"train.output_dir={o('resume:standalone')}"], "ok", slow=True)  # fmt: skip
-    add("test", "out-is-a-file", ["test", ws.config, "--checkpoint", ws.ckpt, "--out", ws.good], name="good.mp4")
+    add(
+        "test",
+        "out-is-a-file",
+        ["test", ws.config, "--checkpoint", ws.ckpt, "--out", ws.good],
+        name="good.mp4",
+    )
     for kind in [k for k in b if k.startswith("ckpt/")]:
         name = (str(b[kind].name), b[kind].parent.parent.name)
         add("train --resume", kind, ["train", "--resume", b[kind], "--set",
@@ -404,17 +421,31 @@ def cases(ws: Workspace) -> list[Case]:
         add("predict", kind, ["predict", ws.good, "--model", "test_tsm", "--checkpoint", b[kind]],
             "ok" if kind == "weights/other-model" else "error",  # (they are test_tsm weights)
             slow=kind not in ("weights/nan", "weights/malicious-pickle"))  # fmt: skip
-        add("detect", kind, ["detect", ws.good, "--checkpoint", b[kind], "--csv", o(f"detect:{kind}") / "d.csv"],
-            slow=True)
+        add(
+            "detect",
+            kind,
+            ["detect", ws.good, "--checkpoint", b[kind], "--csv", o(f"detect:{kind}") / "d.csv"],
+            slow=True,
+        )
         add("test", kind, ["test", ws.config, "--checkpoint", b[kind], "--out", o(f"test:{kind}")], slow=True)
     add("convert", "out-is-a-file", ["convert", "--model", "test_tsm", "--src", ws.weights, "--out",
                                      ws.good.with_suffix(".safetensors")], name="good.safetensors")  # fmt: skip
     _write(ws.good.with_suffix(".safetensors"), b"keep me")
     add("convert", "out-under-a-file", ["convert", "--model", "test_tsm", "--src", ws.weights, "--out",
                                         ws.good / "w.safetensors"], name="good.mp4")  # fmt: skip
-    add("data synth", "num-videos-0", ["data", "synth", "--out", o("synth:0"), "--num-videos", "0"], name="--num-videos")
+    add(
+        "data synth",
+        "num-videos-0",
+        ["data", "synth", "--out", o("synth:0"), "--num-videos", "0"],
+        name="--num-videos",
+    )
     add("data synth", "out-is-a-file", ["data", "synth", "--out", ws.good], name="good.mp4")
-    add("data synth", "size-too-small", ["data", "synth", "--out", o("synth:size"), "--size", "4"], name="synth")
+    add(
+        "data synth",
+        "size-too-small",
+        ["data", "synth", "--out", o("synth:size"), "--size", "4"],
+        name="synth",
+    )
     add("flops", "unknown-kwarg", ["flops", "test_tsm", "--set", "wdith=3"], name="wdith")
     add("flops", "unknown-model", ["flops", "tsm_r5O"], name="tsm_r5O")
     add("flops", "frames-zero", ["flops", "test_tsm", "--frames", "0"], name="--frames")
@@ -423,7 +454,7 @@ def cases(ws: Workspace) -> list[Case]:
 
 # ----------------------------------------------------------------------------- running
 def snapshot(folder: Path) -> dict[str, tuple]:
-    """relative path -> (kind, size, content hash) of everything under ``folder``."""
+    """relative path -> (kind, size, mtime) of everything under ``folder``."""
     snap = {}
     for dirpath, dirnames, filenames in os.walk(folder):
         for n in dirnames + filenames:
@@ -431,8 +462,9 @@ def snapshot(folder: Path) -> dict[str, tuple]:
             rel = str(p.relative_to(folder))
             if p.is_symlink() or not p.is_file():
                 snap[rel] = ("link" if p.is_symlink() else "dir" if p.is_dir() else "special", 0, "")
-            else:
-                snap[rel] = ("file", p.stat().st_size, hashlib.sha1(p.read_bytes()).hexdigest())
+            else:  # a write changes the size or the modification time (ns)
+                st = p.stat()
+                snap[rel] = ("file", st.st_size, st.st_mtime_ns)
     return snap
 
 
@@ -544,7 +576,10 @@ if __name__ == "__main__":  # python tests/bad_input/zoo.py [--fast]: the whole 
             r = run_case(ws, c)
             results.append(r)
             mark = "FAIL" if r.problems else r.outcome
-            print(f"{mark:>6} {r.seconds:5.1f}s rc={r.rc} {c.id}" + (f"  {r.problems}" if r.problems else ""))
+            print(
+                f"{mark:>6} {r.seconds:5.2f}s rc={r.rc} {'slow' if c.slow else 'fast'} {c.id}"
+                + (f"  {r.problems}" if r.problems else "")
+            )
             if r.problems or "-v" in sys.argv:
                 print("        " + r.err.strip().replace("\n", "\n        ")[-1500:])
         print(json.dumps(summary(results), indent=2))
