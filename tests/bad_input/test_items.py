@@ -296,7 +296,9 @@ def test_convert_reports_a_partial_source_and_writes_it_only_when_asked(workspac
     src, out = workspace.bad["weights/partial"], tmp_path / "evad.safetensors"
     rc, _, err = _cli(["convert", "--model", "test_evad", "--src", src, "--out", out])
     assert rc == 2 and not out.exists()
-    assert "partial checkpoint" in err and "52 of 192 model tensors from the source" in err and "fpn (16)" in err
+    assert (
+        "partial checkpoint" in err and "52 of 192 model tensors from the source" in err and "fpn (16)" in err
+    )
     old = os.umask(0o027)
     try:
         rc, printed, err = _cli(
@@ -324,3 +326,23 @@ def test_huge_label_index_without_class_list(tmp_path):
     ann.write_text("a.mp4 0\nb.mp4 40000000000\n")
     with pytest.raises(AnnotationError, match=r"l\.txt:2: label index 40000000000 without a class list"):
         load_annotations(ann)
+
+
+def test_errors_from_dataloader_workers_reach_the_user_without_traceback(tmp_path):
+    """With num_workers > 0, PyTorch re-raises a worker's error with the worker's traceback in
+    its message; the command line prints kinetix's message only."""
+    from torch.utils.data import DataLoader
+
+    from kinetix.cli.main import error_message
+    from kinetix.data.datasets import VideoClassificationDataset, collate_skipping
+    from kinetix.errors import DatasetError
+
+    (tmp_path / "bad.mp4").write_bytes(b"\0" * 100)
+    ds = VideoClassificationDataset(
+        [("bad.mp4", 0)] * 4, tmp_path, num_frames=2, mode="test", max_bad_fraction=0.0
+    )
+    with pytest.raises(DatasetError) as e:
+        list(DataLoader(ds, batch_size=2, num_workers=1, collate_fn=collate_skipping))
+    assert "Traceback" in str(e.value)  # what PyTorch makes of it
+    msg = error_message(e.value)
+    assert "Traceback" not in msg and msg.startswith("1 of 4 samples are unreadable") and "bad.mp4" in msg
