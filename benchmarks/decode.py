@@ -139,10 +139,10 @@ def median_time(fn, path, idx, repeats: int, clock) -> float:
     return statistics.median(times)
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gop", type=int, nargs="+", default=[30], help="keyframe interval(s) in frames")
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=5, help="timed runs per reader (median reported; default 5)")
     ap.add_argument("--skip-all", action="store_true", help="skip the slow decode-everything baseline")
     ap.add_argument(
         "--clock",
@@ -150,7 +150,7 @@ def main() -> None:
         default="cpu",
         help="cpu: this process's CPU time (robust when other jobs share the cores); wall: elapsed time",
     )
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     n = FPS * SECONDS
     clips = {

@@ -53,12 +53,14 @@ def bench(name: str, frames: int, size: int, repeats: int, keyframe_weight: floa
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="VideoMAE-B only, 2 timed rounds")
     ap.add_argument("--repeats", type=int, default=None, help="timed rounds (default 3, --quick 2)")
-    ap.add_argument("--size", type=int, default=224)
-    ap.add_argument("--keyframe-weight", type=float, default=4.0)
-    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    ap.add_argument("--size", type=int, default=224, help="input height = width (default 224)")
+    ap.add_argument(
+        "--keyframe-weight", type=float, default=4.0, help="w_kf, weight of the keyframe/CLS query rows (default 4)"
+    )
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (torch.set_num_threads; default: torch's choice)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

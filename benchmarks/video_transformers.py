@@ -162,16 +162,20 @@ def schemes(args, device) -> None:
         print(f"| {scheme} | " + " | ".join(cells) + " |")
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer repeats, smaller ViViT clip and scaling table")
     p.add_argument(
         "--repeats", type=int, default=None, help="timed rounds per measurement (default 7; quick 3)"
     )
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="torch device (default: cuda when available, else cpu)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--only", default="1234", help="sections to run, e.g. 13")
-    args = p.parse_args()
+    p.add_argument("--only", default="1234", help="sections to run, by number (1-4 above), e.g. 13 (default: 1234)")
+    args = p.parse_args(argv)
     args.repeats = args.repeats or (3 if args.quick else 7)
     if args.threads:
         torch.set_num_threads(args.threads)

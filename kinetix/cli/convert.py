@@ -3,6 +3,8 @@ into a kinetix safetensors file that loads strictly into the named model."""
 
 from __future__ import annotations
 
+import argparse
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -14,6 +16,13 @@ def register(sub) -> None:
         "--allow-partial writes a partial result anyway) and the result is verified to load strictly "
         "before it is written. Pickled files "
         "are read with torch.load(weights_only=True): no code is executed.",
+        epilog="examples:\n"
+        "  kinetix convert --model tsm_r50 \\\n"
+        "      --src TSM_kinetics_RGB_resnet50_shift8_blockres_avg_segment8_e50.pth --out tsm_r50_k400.safetensors\n"
+        "  kinetix convert --model timesformer_base --src TimeSformer_divST_8x32_224.pyth --out tsf_k400.safetensors\n"
+        "  kinetix convert --model vivit_base_m2 --src vivit_fe_k400.npz --out vivit_m2.safetensors --num-frames 32\n"
+        "then: kinetix predict clip.mp4 --model tsm_r50 --checkpoint tsm_r50_k400.safetensors",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", required=True, help="registered model name, e.g. tsm_r50")
     p.add_argument("--src", required=True, help="source checkpoint (.pth/.pyth/.pt/.bin/.safetensors/.npz)")

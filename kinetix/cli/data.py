@@ -20,6 +20,11 @@ def register(sub) -> None:
         "(temporal classes in time-reversed pairs, or AVA-format detection). `check` validates an "
         "annotation file or dataset folder and reports counts, unreadable videos, unknown labels "
         "and a duration histogram.",
+        epilog="examples:\n"
+        "  kinetix data synth --kind temporal --out data/synth\n"
+        "  kinetix data synth --kind detection --out data/synth_det --num-videos 40\n"
+        "  kinetix data check data/synth",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     dsub = p.add_subparsers(dest="data_command", metavar="{synth,check}")
     s = dsub.add_parser(
@@ -28,7 +33,11 @@ def register(sub) -> None:
         description="Write a deterministic synthetic dataset: mp4 videos plus annotations. "
         "temporal: Kinetics-style train/val CSVs and lists, classes.txt; detection: AVA v2.2 CSVs, "
         "label map and exclusions.",
-        epilog="example: kinetix data synth --kind temporal --out data/synth --num-videos 200",
+        epilog="examples:\n"
+        "  kinetix data synth --kind temporal --out data/synth --num-videos 200\n"
+        "  kinetix data synth --kind temporal --out data/synth32 --size 32 --fps 8 --seconds 2\n"
+        "  kinetix data synth --kind detection --out data/synth_det --num-videos 40 --size 96x128",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     s.add_argument(
         "--kind",
@@ -56,7 +65,13 @@ def register(sub) -> None:
         description="Parse every annotation line (listing all malformed ones with file:line), open "
         "every referenced video and decode its first and last frame, then report counts, classes, "
         "unreadable files, unknown labels and a duration histogram. Exit status 1 if problems are found.",
-        epilog="examples: kinetix data check data/synth | kinetix data check k400/train.csv --root k400/videos",
+        epilog="examples:\n"
+        "  kinetix data check data/synth                       # a `kinetix data synth` folder\n"
+        "  kinetix data check k400/train.csv --root k400/videos\n"
+        "  kinetix data check ava/ava_val_v2.2.csv --root ava/videos --label-map ava/ava_action_list_v2.2.pbtxt \\\n"
+        "      --exclusions ava/ava_val_excluded_timestamps_v2.2.csv --time-offset 900\n"
+        "  kinetix data check my_videos/ --json                # a folder of class subfolders",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     c.add_argument(
         "path", type=Path, help="annotation file, `kinetix data synth` folder, or folder of class subfolders"

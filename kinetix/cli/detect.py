@@ -3,6 +3,7 @@ spatio-temporal action detector (EVAD) at keyframes and draw boxes with action l
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 
@@ -12,8 +13,11 @@ def register(sub) -> None:
         help="detect actors and their actions in a video",
         description="Run a trained detector (a `task: detection` checkpoint) every --every seconds, "
         "draw boxes with their top actions on the video and/or write AVA-format predictions.",
-        epilog="example: kinetix detect clip.mp4 --checkpoint runs/evad_synthetic/checkpoints/best "
-        "--out overlay.mp4 --csv preds.csv",
+        epilog="examples:\n"
+        "  kinetix detect clip.mp4 --checkpoint runs/evad_synthetic --out overlay.mp4 --csv preds.csv\n"
+        "  kinetix detect clip.mp4 --checkpoint evad_b.safetensors --csv preds.csv --every 0.5 --threshold 0.5\n"
+        "  kinetix detect clip.mp4 --checkpoint runs/evad_synthetic --tokens kept.png   # kept-token map",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("video", type=Path, help="video file (or frame folder)")
     p.add_argument("--checkpoint", required=True, help="checkpoint folder, run folder or weights file")

@@ -15,7 +15,7 @@ from kinetix import __version__
 from kinetix.errors import KinetixError
 
 # Order in `kinetix --help`; modules not listed here follow alphabetically.
-_ORDER = ("demo", "train", "test", "predict", "detect", "models", "flops", "data", "convert")
+_ORDER = ("demo", "train", "test", "predict", "detect", "explain", "models", "flops", "data", "convert")
 
 
 def _command_modules():

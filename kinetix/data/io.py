@@ -46,7 +46,9 @@ __all__ = [
     "SEEK_COST",
     "FrameFolderReader",
     "VideoReader",
+    "VideoWriter",
     "clear_index_cache",
+    "frame_to_rgb",
     "open_video",
     "write_video",
 ]
@@ -189,6 +191,22 @@ def _checked_indices(path, indices, n: int, what: str) -> np.ndarray:
     return idx
 
 
+def frame_to_rgb(
+    frame: av.VideoFrame, short_side: int | None = None, base_size: tuple[int, int] | None = None
+) -> np.ndarray:
+    """One decoded frame -> upright RGB uint8 ``(H, W, 3)``, scaled on conversion so that the short
+    side is ``short_side`` (aspect kept) when given. ``base_size`` ``(w, h)`` is the size the stream
+    started with: a frame of another size (a resolution change mid-stream) is scaled back to it, as
+    ffmpeg does. The conversion every reader uses."""
+    rot = round(frame.rotation / 90) % 4 if frame.rotation else 0
+    ow, oh = _display_size(*(base_size or (frame.width, frame.height)), short_side)
+    if (frame.width, frame.height) != (ow, oh):
+        img = frame.to_ndarray(format="rgb24", width=ow, height=oh)  # (oh, ow, 3)
+    else:
+        img = frame.to_ndarray(format="rgb24")  # (h, w, 3)
+    return np.rot90(img, k=rot) if rot else img  # k quarter turns counter-clockwise (a view)
+
+
 class VideoReader:
     """Frame-accurate random access to a video file.
 
@@ -288,18 +306,10 @@ class VideoReader:
     # ----------------------------------------------------------------- decoding
     def _to_rgb(self, frame: av.VideoFrame) -> np.ndarray:
         """Convert one decoded frame to upright RGB (H, W, 3), resizing on the way if asked."""
-        rot = round(frame.rotation / 90) % 4 if frame.rotation else 0
         if self.index.rotation is None:
+            rot = round(frame.rotation / 90) % 4 if frame.rotation else 0
             self.index.rotation = rot * 90 if rot < 3 else -90
-        # every frame comes out at the size the stream starts with (a resolution change mid-stream
-        # is scaled back to it, as ffmpeg does), resized on the way if asked
-        base = self._coded_size if all(self._coded_size) else (frame.width, frame.height)
-        ow, oh = _display_size(*base, self.short_side)
-        if (frame.width, frame.height) != (ow, oh):
-            img = frame.to_ndarray(format="rgb24", width=ow, height=oh)  # (oh, ow, 3)
-        else:
-            img = frame.to_ndarray(format="rgb24")  # (h, w, 3)
-        return np.rot90(img, k=rot) if rot else img  # k quarter turns counter-clockwise (a view)
+        return frame_to_rgb(frame, self.short_side, self._coded_size if all(self._coded_size) else None)
 
     def get_frames(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> torch.Tensor:
         """Decode frames ``indices`` (0-based, presentation order) -> uint8 tensor (T, H, W, 3)."""
@@ -583,6 +593,84 @@ def open_video(path: str | os.PathLike, **kwargs) -> VideoReader | FrameFolderRe
 
 
 # --------------------------------------------------------------------------- writing
+class VideoWriter:
+    """Encode uint8 RGB ``(H, W, 3)`` (or grey ``(H, W)``) frames one at a time; the frame size is
+    taken from the first frame. Options as :func:`write_video`. Use as a context manager (or call
+    :meth:`close`) so the encoder is flushed and the file finalised."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        fps: float = 30.0,
+        *,
+        codec: str = "libx264",
+        pix_fmt: str = "yuv420p",
+        gop: int | None = None,
+        crf: int | None = None,
+        preset: str | None = None,
+        options: dict[str, str] | None = None,
+        rotation: int = 0,
+        threads: int = 1,
+    ):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._rate = Fraction(fps).limit_denominator(1001 * 1000)
+        self._opts = dict(options or {})
+        if crf is not None:
+            self._opts["crf"] = str(crf)
+        if preset is not None:
+            self._opts["preset"] = preset
+        self._codec, self._pix_fmt, self._gop, self._rotation, self._threads = codec, pix_fmt, gop, rotation, threads
+        self._container = av.open(str(self.path), "w")
+        self._stream = None
+        self.frames_written = 0
+
+    def _open_stream(self, h: int, w: int) -> None:
+        stream = self._container.add_stream(self._codec, rate=self._rate, options=self._opts)
+        stream.height, stream.width = h, w
+        stream.pix_fmt = self._pix_fmt
+        stream.codec_context.thread_count = self._threads
+        if self._gop is not None:
+            stream.codec_context.gop_size = self._gop
+        if self._rotation:
+            stream.set_display_rotation(self._rotation)
+        self._stream = stream
+
+    def write(self, frame: np.ndarray | torch.Tensor) -> None:
+        arr = frame.numpy() if isinstance(frame, torch.Tensor) else np.asarray(frame)
+        if arr.dtype != np.uint8 or arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] != 3):
+            raise ValueError(f"a frame must be uint8 (H, W, 3) or (H, W), got {arr.dtype} {arr.shape}")
+        # 4:2:0 / 4:2:2 chroma needs even sizes: repeat the last row / column instead of failing
+        pad_h = arr.shape[0] % 2 if "420" in self._pix_fmt else 0
+        pad_w = arr.shape[1] % 2 if ("420" in self._pix_fmt or "422" in self._pix_fmt) else 0
+        if pad_h or pad_w:
+            arr = np.pad(arr, [(0, pad_h), (0, pad_w)] + [(0, 0)] * (arr.ndim - 2), mode="edge")
+        if self._stream is None:
+            self._open_stream(arr.shape[0], arr.shape[1])
+        fmt = "rgb24" if arr.ndim == 3 else "gray"
+        out = av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format=fmt)
+        out.pts = self.frames_written
+        out.time_base = 1 / self._rate
+        self._container.mux(self._stream.encode(out))
+        self.frames_written += 1
+
+    def close(self) -> None:
+        if self._container is None:
+            return
+        try:
+            if self._stream is not None:
+                self._container.mux(self._stream.encode())
+        finally:
+            self._container.close()
+            self._container = None
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def write_video(
     path: str | os.PathLike,
     frames: np.ndarray | torch.Tensor,
@@ -608,33 +696,8 @@ def write_video(
     arr = frames.numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
     if arr.dtype != np.uint8 or arr.ndim not in (3, 4) or (arr.ndim == 4 and arr.shape[-1] != 3):
         raise ValueError(f"frames must be uint8 (T, H, W, 3) or (T, H, W), got {arr.dtype} {arr.shape}")
-    # 4:2:0 / 4:2:2 chroma needs even sizes: repeat the last row / column instead of failing
-    pad_h = arr.shape[1] % 2 if "420" in pix_fmt else 0
-    pad_w = arr.shape[2] % 2 if ("420" in pix_fmt or "422" in pix_fmt) else 0
-    if pad_h or pad_w:
-        arr = np.pad(arr, [(0, 0), (0, pad_h), (0, pad_w)] + [(0, 0)] * (arr.ndim - 3), mode="edge")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rate = Fraction(fps).limit_denominator(1001 * 1000)
-    src_fmt = "rgb24" if arr.ndim == 4 else "gray"
-    opts = dict(options or {})
-    if crf is not None:
-        opts["crf"] = str(crf)
-    if preset is not None:
-        opts["preset"] = preset
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=rate, options=opts)
-        stream.height, stream.width = arr.shape[1], arr.shape[2]
-        stream.pix_fmt = pix_fmt
-        stream.codec_context.thread_count = threads
-        if gop is not None:
-            stream.codec_context.gop_size = gop
-        if rotation:
-            stream.set_display_rotation(rotation)
+    kw = dict(codec=codec, pix_fmt=pix_fmt, gop=gop, crf=crf, preset=preset, options=options)
+    with VideoWriter(path, fps, rotation=rotation, threads=threads, **kw) as writer:
         for t in range(arr.shape[0]):
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(arr[t]), format=src_fmt)
-            frame.pts = t
-            frame.time_base = 1 / rate
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
-    return path
+            writer.write(arr[t])
+    return Path(path)

@@ -59,7 +59,9 @@ def multiscale_roi_align(
     that level selected; levels no box maps to are skipped."""
     level = torch.floor(4 + torch.log2(box_area(boxes).clamp(min=1e-8).sqrt() / 224 + 1e-8)).clamp(2, 5) - 2
     out = None
-    for i in level.unique().tolist():  # at most 4 levels
+    # on the meta device (GMAC counting) values are unknown: pool every level (grid_sample is not counted)
+    levels = range(len(features)) if boxes.is_meta else level.unique().tolist()
+    for i in levels:  # at most 4 levels
         i = int(i)
         pooled = roi_align(
             features[i], boxes, output_size, 1.0 / 2 ** (i + 2), sampling_ratio

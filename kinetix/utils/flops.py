@@ -3,12 +3,15 @@
 Built on ``torch.utils.flop_counter.FlopCounterMode`` (which counts 2 FLOPs per MAC) with one fix:
 on CPU, ``F.scaled_dot_product_attention`` dispatches to ``_scaled_dot_product_flash_attention_for_cpu``,
 which torch's counter does not know and would count as 0. We register the standard SDPA formula
-(QK^T and AV matmuls) for it, so attention is counted the same on every device.
+(QK^T and AV matmuls) for it, and the projections + attention of ``nn.MultiheadAttention``'s fused
+inference path (``_native_multi_head_attention``), so attention is counted the same on every device
+(including the meta device, where ``kinetix models`` counts).
 Element-wise ops (softmax, norms, activations) and ``grid_sample`` are not counted, as in the papers.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -23,11 +26,24 @@ def _cpu_sdpa_flop(query_shape, key_shape, value_shape, *args, out_shape=None, *
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
+def _native_mha_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    # nn.MultiheadAttention's inference fast path (one fused op, unknown to torch's counter): the
+    # q/k/v and output projections plus the QK^T and AV products, in FLOPs (2 per MAC).
+    *batch, L, E = query_shape
+    S = key_shape[-2]
+    b = math.prod(batch)
+    return 2 * b * (L * E * E + 2 * S * E * E + L * E * E + 2 * L * S * E)
+
+
 def _custom_mapping() -> dict:
     mapping = {}
-    op = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-    if op is not None:
-        mapping[op] = _cpu_sdpa_flop
+    for name, fn in (
+        ("_scaled_dot_product_flash_attention_for_cpu", _cpu_sdpa_flop),
+        ("_native_multi_head_attention", _native_mha_flop),
+    ):
+        op = getattr(aten, name, None)
+        if op is not None:
+            mapping[op] = fn
     return mapping
 
 
