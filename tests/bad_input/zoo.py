@@ -122,6 +122,7 @@ class Workspace:
     ckpt: Path  # a complete checkpoint folder of a trained run
     weights: Path  # test_tsm weights (safetensors, plain)
     det_weights: Path  # test_evad detection weights with config + class names
+    online_weights: Path  # test_tsm_online weights (stream)
     bad: dict  # kind -> path
 
 
@@ -155,7 +156,8 @@ def build_workspace(root: Path) -> Workspace:
         inputs / "evad.safetensors",
         {"config": config_to_dict(det_cfg), "class_names": ["a", "b", "c"]},
     )
-    ws = Workspace(root, inputs, out, data, good, config, ckpt, weights, det_weights, {})
+    online = save_model_weights(create_model("test_tsm_online"), inputs / "online.safetensors")
+    ws = Workspace(root, inputs, out, data, good, config, ckpt, weights, det_weights, online, {})
     ws.bad = _make_bad(ws)
     return ws
 
@@ -359,6 +361,43 @@ def cases(ws: Workspace) -> list[Case]:
                                  o(f"detect:{kind}") / "d.csv"], expect, slow=kind != "video/truncated-tail")  # fmt: skip
         if kind not in ok_videos and kind != "video/annotation-instead":
             add("data check", kind, ["data", "check", b[kind]], "error")
+        fast = kind in ("video/truncated-tail", "video/random-bytes", "video/resolution-change")
+        add(
+            "explain",
+            kind,
+            [
+                "explain",
+                b[kind],
+                "--model",
+                "test_tsm",
+                "--checkpoint",
+                ws.weights,
+                "--out",
+                o(f"explain:{kind}"),
+            ],
+            expect,
+            slow=not fast,
+        )
+        if kind not in ("video/fifo", "video/device"):  # a live source may be a pipe or a device
+            add(
+                "stream",
+                kind,
+                [
+                    "stream",
+                    b[kind],
+                    "--model",
+                    "test_tsm_online",
+                    "--checkpoint",
+                    ws.online_weights,
+                    "--quiet",
+                    "--max-frames",
+                    "60",  # past the truncation point (37 frames) of cut_tail.mp4
+                    "--timeout",
+                    "20",
+                ],
+                expect,
+                slow=kind not in ("video/random-bytes", "video/one-frame"),
+            )
     # predict: several files, one bad -> the good ones are predicted, the bad one reported
     add("predict", "video/one-bad-of-three",
         ["predict", ws.good, b["video/random-bytes"], b["video/one-frame"], "--model", "test_tsm",
@@ -428,6 +467,36 @@ def cases(ws: Workspace) -> list[Case]:
             slow=True,
         )
         add("test", kind, ["test", ws.config, "--checkpoint", b[kind], "--out", o(f"test:{kind}")], slow=True)
+    for kind in ("weights/nan", "weights/malicious-pickle", "weights/truncated-safetensors", "weights/empty"):
+        slow = kind != "weights/malicious-pickle"
+        add(
+            "export",
+            kind,
+            ["export", "test_tsm", "--checkpoint", b[kind], "--out", o(f"export:{kind}") / "m.onnx"],
+            slow=slow,
+        )
+        add(
+            "explain",
+            kind,
+            [
+                "explain",
+                ws.good,
+                "--model",
+                "test_tsm",
+                "--checkpoint",
+                b[kind],
+                "--out",
+                o(f"explain:{kind}"),
+            ],
+            slow=slow,
+        )
+        add(
+            "stream",
+            kind,
+            ["stream", ws.good, "--model", "test_tsm_online", "--checkpoint", b[kind], "--quiet"],
+            slow=slow,
+        )
+    add("export", "out-under-a-file", ["export", "test_tsm", "--out", ws.good / "m.onnx"], name="good.mp4")
     add("convert", "out-is-a-file", ["convert", "--model", "test_tsm", "--src", ws.weights, "--out",
                                      ws.good.with_suffix(".safetensors")], name="good.safetensors")  # fmt: skip
     _write(ws.good.with_suffix(".safetensors"), b"keep me")
