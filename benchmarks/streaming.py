@@ -89,12 +89,12 @@ def parts(name: str, model, video: Path, n: int) -> dict[str, float]:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per model (default 3)")
     ap.add_argument("--frames", type=int, default=90, help="frames per round (default 90)")
     ap.add_argument("--video-size", default="320x240", help="WxH of the synthetic video (default 320x240)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: one core)")
-    ap.add_argument("--models", nargs="+", default=list(MODELS))
+    ap.add_argument("--models", nargs="+", default=list(MODELS), help="models to time (default: all)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     w, h = (int(v) for v in args.video_size.lower().split("x"))

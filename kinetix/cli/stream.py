@@ -22,10 +22,10 @@ EXAMPLES = """examples:
   kinetix stream clip.mp4 --checkpoint runs/online_tsm --out overlay.mp4
   kinetix stream clip.mp4 --checkpoint runs/online_tsm --realtime
   kinetix stream frames/ --model tsm_mobilenetv2_online --checkpoint converted.safetensors
-  kinetix stream /dev/video0 --checkpoint runs/online_tsm              (Linux camera)
-  kinetix stream avfoundation:0 --checkpoint runs/online_tsm           (macOS camera)
-  kinetix stream "dshow:video=Integrated Camera" --checkpoint runs/online_tsm   (Windows)
-  kinetix stream rtsp://192.168.1.20:554/live --checkpoint runs/online_tsm"""
+  kinetix stream /dev/video0 --checkpoint runs/online_tsm              # Linux camera
+  kinetix stream avfoundation:0 --checkpoint runs/online_tsm           # macOS camera
+  kinetix stream "dshow:video=Integrated Camera" --checkpoint runs/online_tsm   # Windows camera
+  kinetix stream rtsp://camera.local:554/live --checkpoint runs/online_tsm"""
 
 
 def register(sub) -> None:

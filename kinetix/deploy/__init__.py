@@ -1,4 +1,4 @@
-"""Deployment: ONNX export checked in onnxruntime, onnxruntime runners (clip and online step models)
+"""Deployment: ONNX export checked in onnxruntime, onnxruntime runners (clip and online step models),
 the fastest CPU inference path (:func:`optimize_for_inference`) and live streaming
 (:mod:`kinetix.deploy.stream`)."""
 
