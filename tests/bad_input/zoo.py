@@ -216,6 +216,11 @@ def _make_bad(ws: Workspace) -> dict[str, Path]:
     b["ann/one-bad-video"] = _write(
         data / "one_bad.txt", "\n".join(good_rows) + f"\n{os.path.relpath(v / 'random.mp4', data)} 0\n"
     )
+    for vk in ("truncated-tail", "empty", "text", "audio-only", "header-only", "folder", "missing"):
+        bad_video = b[f"video/{vk}"]  # a dataset whose one bad video is skipped and counted
+        b[f"ann/one-{vk}"] = _write(
+            data / f"one_{vk}.txt", "\n".join(good_rows) + f"\n{os.path.relpath(bad_video, data)} 0\n"
+        )
     b["ann/duplicates"] = _write(data / "dups.txt", "\n".join(good_rows + good_rows[:2]) + "\n")
     b["ann/outside-root"] = _write(data / "outside.txt", "\n".join(good_rows) + "\n../good.mp4 1\n")
     b["ann/bad-json"] = _write(data / "bad.json", '[{"id": "1", "template": ')
@@ -407,13 +412,16 @@ def cases(ws: Workspace) -> list[Case]:
         add("data check", kind, ["data", "check", b[kind]], expect)
         if kind in ("ann/duplicates", "ann/outside-root"):
             continue
-        t_expect = "skip" if kind == "ann/one-bad-video" else "error"
+        skip = kind.startswith("ann/one-")
+        t_expect = "skip" if skip else "error"
+        video = b[f"video/{kind[8:]}"].name if skip and kind != "ann/one-bad-video" else "random.mp4"
+        names = (video,) if skip else (b[kind].name,)
         sets = [f"data.test_ann={b[kind]}", "data.max_bad_fraction=0.5"]
         add("test", kind, ["test", ws.config, "--checkpoint", ws.ckpt, "--out", o(f"test:{kind}"), "--set", *sets],
-            t_expect, name=(b[kind].name, "random.mp4"), slow=kind not in ("ann/header-only", "ann/one-bad-video"))  # fmt: skip
+            t_expect, name=names, slow=kind not in ("ann/header-only", "ann/one-bad-video", "ann/one-truncated-tail"))  # fmt: skip
         add("train", kind, ["train", ws.config, "--set", f"data.train_ann={b[kind]}", "train.epochs=1",
                             f"train.output_dir={o(f'train:{kind}')}", "data.max_bad_fraction=0.5"],
-            t_expect, name=(b[kind].name, "random.mp4"), slow=kind not in ("ann/huge-label", "ann/one-bad-video"))  # fmt: skip
+            t_expect, name=names, slow=kind not in ("ann/huge-label", "ann/one-bad-video"))  # fmt: skip
     for kind in [k for k in b if k.startswith("config/")]:
         argv = ["train", b[kind], "--set", f"train.output_dir={o('train:' + kind)}"]
         if kind == "config/output-dir-is-file":
