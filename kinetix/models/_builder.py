@@ -80,7 +80,7 @@ def load_state_dict_strict(model: nn.Module, state_dict: dict[str, torch.Tensor]
         k
         for k, v in state_dict.items()
         if v.is_floating_point() and not v.is_meta and not bool(torch.isfinite(v).all())
-    ]
+    ]  # meta tensors (shape checks) hold no values
     if bad:
         raise CheckpointError(
             f"{source or 'checkpoint'}: {len(bad)} tensor(s) hold NaN or infinite values ({_short(bad, 4)}); "
