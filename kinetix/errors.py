@@ -44,9 +44,9 @@ class ConfigError(KinetixError):
     """A config file or a command-line override is invalid."""
 
 
-class ModelArgumentError(ConfigError, ValueError):
-    """A model's constructor rejects an argument or its value. Also a ``ValueError`` (what the
-    constructor raised), so library code catching that keeps working."""
+class ModelArgumentError(ConfigError, ValueError, TypeError):
+    """A model's entry point or constructor rejected an argument or its value (``model.kwargs``).
+    Also a ``ValueError``/``TypeError``, what the constructor itself raised."""
 
 
 class CheckpointError(KinetixError):
