@@ -17,6 +17,7 @@ REFERENCE = {
     "tsn_r50": (32.9, 24.33),  # mmaction2 / TSM paper (8x224, 400 classes)
     "tsm_r50": (32.9, 24.33),
     "gsm_bninception": (16.5, 10.5),  # GSM paper, 8 frames, SSv1 (not re-verified)
+    "gsm_inceptionv3": (26.9, 22.2),  # GSM paper, 8 frames, 229 px, SSv1 (not re-verified)
 }
 
 

@@ -5,7 +5,10 @@
    for reference.
 2. Online TSM: per-frame cost of ``StreamingRecognizer(tsm_r50_online)`` vs one TSN-R50 frame
    (target <= 1.05x).
-3. GSM and SIFA overheads: gsm_bninception vs tsn_bninception, gsm_r50 / sifa_r50_plain vs tsn_r50.
+3. GSM and SIFA overheads: gsm_bninception vs tsn_bninception, gsm_inceptionv3 vs tsn_inceptionv3
+   (at 229), gsm_r50 / sifa_r50_plain vs tsn_r50.
+4. Non-local: tsm_r50_nl vs tsm_r50 (GMACs ratio 1.87x), and one res3 non-local block (SDPA,
+   scale 1) vs the official form (Conv3d projections, explicit ``softmax(theta^T phi)`` matmuls).
 
 Usage: ``python benchmarks/temporal_cnn.py [--frames 8] [--size 224] [--repeats 5] [--threads N]``
 (``--threads 1`` makes the CPU-time column a clean measure of work on a shared machine.)
@@ -19,7 +22,9 @@ import time
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
+from kinetix.layers.temporal import NonLocal3D
 from kinetix.models import create_model
 from kinetix.models.recognizer2d import StreamingRecognizer
 
@@ -61,6 +66,20 @@ def _naive_tsm(shift_cls, frames):
 
     bb = resnet(50, num_classes=0, num_frames=frames, temporal=shift_cls)
     return Recognizer2D(bb, 400, frames)
+
+
+def _official_non_local(m: NonLocal3D, x: torch.Tensor) -> torch.Tensor:
+    """TSM's ops/non_local.py forward with ``m``'s weights: (N, C, T, H, W) Conv3d projections, a
+    (1, 2, 2) max pool on phi/g, explicit ``softmax(theta^T phi) g`` matmuls."""
+    nt, c, h, w = x.shape
+    x5 = x.view(nt // m.num_frames, m.num_frames, c, h, w).transpose(1, 2)  # (N, C, T, H, W)
+    n, ci = x5.shape[0], m.inter_channels
+    g = F.max_pool3d(m.g(x5), (1, 2, 2)).view(n, ci, -1).transpose(1, 2)
+    theta = m.theta(x5).view(n, ci, -1).transpose(1, 2)
+    phi = F.max_pool3d(m.phi(x5), (1, 2, 2)).view(n, ci, -1)
+    y = torch.matmul(F.softmax(torch.matmul(theta, phi), -1), g).transpose(1, 2).reshape(n, ci, *x5.shape[2:])
+    z = m.W(y) + x5
+    return z.transpose(1, 2).reshape(nt, c, h, w)
 
 
 def _median_ms(fns: dict, repeats: int) -> dict:
@@ -105,7 +124,7 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=5, help="timed runs per model (median reported; default 5)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument(
-        "--skip", nargs="*", default=[], choices=["tsm", "stream", "gsm", "sifa"], help="sections to leave out"
+        "--skip", nargs="*", default=[], choices=["tsm", "stream", "gsm", "sifa", "nl"], help="sections to leave out"
     )
     a = p.parse_args(argv)
     if a.threads:
@@ -154,12 +173,30 @@ def main(argv=None):
         _report("GSM overhead (BN-Inception, 10 modules)", res, "tsn_bninception")
         res = _median_ms({"tsn_r50": lambda: tsn(x), "gsm_r50": lambda: gsm_r50(x)}, a.repeats)
         _report("GSM overhead (ResNet-50, 16 modules)", res, "tsn_r50")
+        tsn_v3, gsm_v3 = build("tsn_inceptionv3"), build("gsm_inceptionv3")
+        x229 = torch.randn(1, 3, t, 229, 229)
+        res = _median_ms({"tsn_inceptionv3": lambda: tsn_v3(x229), "gsm_inceptionv3": lambda: gsm_v3(x229)},
+                         a.repeats)  # fmt: skip
+        _report("GSM overhead (Inception-v3 at 229, 10 modules)", res, "tsn_inceptionv3")
 
     if "sifa" not in a.skip:
         tsn = models.get("tsn_r50") or build("tsn_r50")
         plain = build("sifa_r50_plain")
         res = _median_ms({"tsn_r50": lambda: tsn(x), "sifa_r50_plain": lambda: plain(x)}, a.repeats)
         _report("SIFA block overhead (ResNet-50, 6 SIFA blocks)", res, "tsn_r50")
+
+    if "nl" not in a.skip:
+        tsm = models.get("tsm_r50") or build("tsm_r50")
+        tsm_nl = build("tsm_r50_nl")
+        res = _median_ms({"tsm_r50": lambda: tsm(x), "tsm_r50_nl": lambda: tsm_nl(x)}, a.repeats)
+        _report("Non-local overhead (5 blocks; GMACs ratio 1.87)", res, "tsm_r50")
+        nl = tsm_nl.backbone.layer2[0].non_local
+        torch.nn.init.normal_(nl.W[1].weight)  # not the identity
+        feat = torch.randn(t, 512, s // 8, s // 8)  # res3 output of one clip
+        torch.testing.assert_close(nl(feat), _official_non_local(nl, feat), rtol=1e-4, atol=1e-4)
+        res = _median_ms({"official (explicit softmax)": lambda: _official_non_local(nl, feat),
+                          "kinetix NonLocal3D (SDPA)": lambda: nl(feat)}, a.repeats * 2)  # fmt: skip
+        _report("One res3 non-local block (same output)", res, "official (explicit softmax)")
 
 
 if __name__ == "__main__":

@@ -53,3 +53,11 @@ class ModelNotFoundError(KinetixError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
+
+
+class ExportError(KinetixError):
+    """A model cannot be exported, or its export does not reproduce the PyTorch outputs."""
+
+
+class MissingDependencyError(KinetixError, ImportError):
+    """An optional dependency is not installed; the message names the extra that provides it."""

@@ -44,6 +44,7 @@ def test_demo_smoke_writes_report(tmp_path, capsys):
     table = script.render_table([json.loads((out / "report.json").read_text())])
     tsm = report["models"]["test_tsm"]
     assert f"| TSM | {tsm['normal']['top1']:.1f}% | {tsm['normal']['pairs_top1']:.1f}% |" in table
+    _check_html_and_pictures(out)
     text = capsys.readouterr().out
     assert "pairs, reversed input" in text and "TSN direction on reversed pairs near chance" in text
     # the runs are ordinary kinetix runs: configs saved, checkpoints loadable
@@ -78,3 +79,66 @@ def test_quick_demo_shows_the_claim(tmp_path):
                     "`make demo`, `kinetix demo --quick --out Q` and `python docs/update_readme_demo.py "
                     "demo_out/report.json Q/report.json`"
                 )
+
+
+class _Page(__import__("html.parser").parser.HTMLParser):
+    """Collects referenced files and checks that every opened element is closed in order."""
+
+    VOID = frozenset({"meta", "img", "br", "hr", "link", "source", "input"})
+
+    def __init__(self):
+        super().__init__()
+        self.refs, self.stack, self.errors = [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        self.refs += [v for k, v in attrs if k in ("src", "href") and v]
+        if tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        if not self.stack or self.stack.pop() != tag:
+            self.errors.append(tag)
+
+
+def _check_html_and_pictures(out):
+    """report.html parses, closes what it opens, and every file it references exists; the
+    explanation pictures cover every pair class and the mask-mass numbers are shares."""
+    page = _Page()
+    page.feed((out / "report.html").read_text(encoding="utf-8"))
+    page.close()
+    assert not page.errors and not page.stack, (page.errors, page.stack)
+    assert page.refs and all(not r.startswith(("/", "http")) for r in page.refs)
+    missing = [r for r in page.refs if not (out / r).is_file()]
+    assert not missing, missing
+    report = json.loads((out / "report.json").read_text())
+    pics = report["explain"]
+    classes = report["dataset"]["classes"]
+    assert {p["class"] for p in pics} == {classes[c] for pair in report["dataset"]["reversed_pairs"] for c in pair}
+    assert all(p["png"] in page.refs and p["mp4"] in page.refs for p in pics)
+    for m, r in report["models"].items():
+        x = r["explain"]
+        assert x["method"] == "gradcam" and x["clips"] > 0, m
+        assert 0 <= x["mask_mass_share"] <= 100 and 0 < x["uniform_share"] < 100
+    md = (out / "report.md").read_text()
+    assert "## What the models look at" in md and pics[0]["png"] in md
+    _screenshot(out)
+
+
+def _screenshot(out):
+    """Where a headless Chromium is installed: the page renders with its pictures (many colours)."""
+    import shutil
+    import subprocess
+
+    import numpy as np
+    from PIL import Image
+
+    browser = next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+    if browser is None:
+        return
+    shot = out / "report_screenshot.png"
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    "--window-size=1100,2400", f"--screenshot={shot}", (out / "report.html").as_uri()],
+                   capture_output=True, timeout=120, check=False)  # fmt: skip
+    img = np.asarray(Image.open(shot).convert("RGB"))
+    assert img.shape[:2] == (2400, 1100)
+    assert len(np.unique(img.reshape(-1, 3), axis=0)) > 200  # plots and heat maps, not a blank page

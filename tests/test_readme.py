@@ -270,6 +270,8 @@ def _model_table_rows() -> list[tuple[list[str], list[float], list[float]]]:
         if not line.startswith("| `"):
             continue
         cells = [c.strip() for c in line.strip("|").split("|")]
+        if "=" in cells[0]:  # a variant built with constructor arguments
+            continue
         names = re.findall(r"`([\w.]+)`", cells[0])
         names = [n if not n.startswith("_") else names[0].rsplit("_", 1)[0] + n for n in names]
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from kinetix.errors import ConfigError
+import functools
+from pathlib import Path
+
+from kinetix.errors import ConfigError, ModelNotFoundError
 
 
 def add_set_argument(p) -> None:
@@ -34,3 +37,29 @@ def parse_views(text: str | None) -> list[int] | None:
     if crops not in (1, 3, 10):
         raise ConfigError(f"--views: crops must be 1, 3 or 10 (centre, 3-crop, 10-crop); got {crops}")
     return [clips, crops]
+
+
+def names_config(run):
+    """A ``ConfigError`` found while running (a model argument, an annotation path, the devices)
+    names the config file it comes from, like the errors found while reading it."""
+
+    @functools.wraps(run)
+    def wrapper(args):
+        try:
+            return run(args)
+        except (ConfigError, ModelNotFoundError) as e:
+            src = getattr(args, "config", None) or getattr(args, "resume", None)
+            if src and str(src) not in str(e) and Path(str(src)).name not in str(e):
+                raise ConfigError(f"{src}: {e}") from None
+            raise
+
+    return wrapper
+
+
+def check_output_path(path, flag: str, *, folder: bool = False) -> None:
+    """An output path must not lie under a file (and, for a ``folder``, not be a file itself)."""
+    path = Path(path)
+    start = path if folder else path.parent
+    blocking = next((q for q in (start, *start.parents) if q.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise ConfigError(f"{flag} {path}: {blocking} is a file, not a folder")

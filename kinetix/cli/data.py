@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from kinetix.errors import ConfigError
+
+from ._common import check_output_path
 
 
 def register(sub) -> None:
@@ -114,13 +117,20 @@ def _size(text: str) -> tuple[int, int]:
 def run_synth(args) -> int:
     from kinetix.data.synthetic import generate
 
+    for flag, v in (("--num-videos", args.num_videos), ("--fps", args.fps), ("--seconds", args.seconds)):
+        if v is not None and not v > 0:
+            raise ConfigError(f"{flag} must be > 0, got {v:g}")
+    check_output_path(args.out, "--out", folder=True)
     kw = {k: getattr(args, k) for k in ("num_videos", "fps", "seconds") if getattr(args, k) is not None}
     if args.size is not None:
         h, w = args.size
         if args.kind == "temporal" and h != w:
             raise ConfigError(f"--size {h}x{w}: temporal videos are square; pass --size N")
         kw["size"] = h if args.kind == "temporal" else (h, w)
-    info = generate(kind=args.kind, out_dir=args.out, seed=args.seed, **kw)
+    try:
+        info = generate(kind=args.kind, out_dir=args.out, seed=args.seed, **kw)
+    except ValueError as e:  # the generator's limits (size, length, ...)
+        raise ConfigError(f"data synth --out {args.out}: {e}") from None
     print(f"wrote a synthetic {args.kind} dataset to {args.out}")
     for key, value in info.items():
         if isinstance(value, (list, tuple)) and len(value) > 8:
@@ -148,4 +158,6 @@ def run_check(args) -> int:
         time_offset=args.time_offset,
     )
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.format())
+    if not report.ok:
+        print(f"kinetix data check: {args.path}: problems found (listed in the report above)", file=sys.stderr)
     return 0 if report.ok else 1

@@ -36,9 +36,10 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from kinetix.engine.demo import run_demo
+    from kinetix.explain.demo import explain_demo
 
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
-    report = run_demo(args.out, mode, seed=args.seed, progress=not args.no_progress)
-    print(f"\nreport: {args.out}/report.md (and report.json, accuracy.png, curves.png)")
+    report = run_demo(args.out, mode, seed=args.seed, progress=not args.no_progress, explainer=explain_demo)
+    print(f"\nreport: {args.out}/report.md and report.html (and report.json, accuracy.png, curves.png)")
     claim = report["claim"]
     return 0 if mode == "smoke" or all(claim.values()) else 1

@@ -40,6 +40,8 @@ def run(args) -> int:
     from kinetix.engine.detection import detect_video, keyframe_clip, load_detector
     from kinetix.errors import ConfigError, VideoDecodeError
 
+    from ._common import check_output_path
+
     if args.out is None and args.csv is None and args.tokens is None:
         raise ConfigError("nothing to do: give --out overlay.mp4, --csv preds.csv and/or --tokens tokens.png")
     if not args.video.exists():
@@ -49,6 +51,10 @@ def run(args) -> int:
     for f in (args.out, args.csv, args.tokens):
         if f is not None and f.exists() and not args.force:
             raise ConfigError(f"{f} exists; pass --force to overwrite it")
+    for flag, f in (("--out", args.out), ("--csv", args.csv), ("--tokens", args.tokens)):
+        if f is not None:
+            check_output_path(f, flag)
+            f.parent.mkdir(parents=True, exist_ok=True)
     model, names, settings = load_detector(args.checkpoint)
     keys, dets, fps, (H, W) = detect_video(model, args.video, settings, every=args.every)
     kept = []  # per keyframe: (boxes, labels) above the threshold

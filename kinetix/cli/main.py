@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
+import os
 import pkgutil
 import sys
 
@@ -13,7 +15,7 @@ from kinetix import __version__
 from kinetix.errors import KinetixError
 
 # Order in `kinetix --help`; modules not listed here follow alphabetically.
-_ORDER = ("demo", "train", "test", "predict", "detect", "models", "flops", "data", "convert")
+_ORDER = ("demo", "train", "test", "predict", "detect", "explain", "models", "flops", "data", "convert")
 
 
 def _command_modules():
@@ -40,20 +42,59 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.Handler):
+    """kinetix's warnings (skipped samples, ...) on the current ``sys.stderr``, prefixed like its
+    errors: ``kinetix COMMAND: warning: ...``."""
+
+    command = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level = record.levelname.lower()
+            print(f"kinetix {self.command}: {level}: {record.getMessage()}", file=sys.stderr)
+        except Exception:  # a closed stream: logging must never raise
+            self.handleError(record)
+
+
+_HANDLER = _StderrHandler(logging.WARNING)
+
+
+def _setup_logging(command: str) -> None:
+    _HANDLER.command = command
+    logger = logging.getLogger("kinetix")
+    if _HANDLER not in logger.handlers:
+        logger.addHandler(_HANDLER)  # root has no handler in a CLI run: nothing prints twice
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    _setup_logging(args.command)
     try:
         return int(args.func(args) or 0)
     except KinetixError as e:
         print(f"kinetix {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the machine's side: permissions, a full disk, a path that is a file ...
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"kinetix {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(f"kinetix {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        if os.environ.get("KINETIX_DEBUG"):
+            raise
+        print(
+            f"kinetix {args.command}: internal error: {type(e).__name__}: {e}\n"
+            "This is a bug in kinetix, not in your input: please report it "
+            "(run again with KINETIX_DEBUG=1 for the full traceback).",
+            file=sys.stderr,
+        )
+        return 3
 
 
 if __name__ == "__main__":

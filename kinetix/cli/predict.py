@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import textwrap
 
 from ._common import parse_views
@@ -61,11 +62,18 @@ def run(args) -> int:
         views=parse_views(args.views),
         aggregate=args.aggregate,
     )
+    failed = [r for r in res if "error" in r]
     if args.json:
-        print(json.dumps(res, indent=2))
-        return 0
-    for r in res:
-        print(f"{r['video']}  ({r['views']} views)")
-        for t in r["top"]:
-            print(f"  {100 * t['prob']:6.2f}%  {t['name']}")
-    return 0
+        print(json.dumps(res, indent=2, allow_nan=False))  # strict JSON: never NaN / Infinity
+    else:
+        for r in res:
+            if "error" in r:
+                continue
+            print(f"{r['video']}  ({r['views']} views)")
+            for t in r["top"]:
+                print(f"  {100 * t['prob']:6.2f}%  {t['name']}")
+    for r in failed:  # the readable videos are predicted; each unreadable one is reported
+        print(f"kinetix predict: error: {r['error']}", file=sys.stderr)
+    if failed:
+        print(f"kinetix predict: {len(failed)} of {len(res)} videos could not be read", file=sys.stderr)
+    return 1 if failed else 0

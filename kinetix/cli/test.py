@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import textwrap
 
-from ._common import add_set_argument, load, parse_views
+from ._common import add_set_argument, check_output_path, load, names_config, parse_views
 
 
 def _wrap(text: str) -> str:
@@ -46,12 +46,14 @@ def register(sub) -> None:
     )
     p.add_argument("--out", metavar="DIR", help="report folder (default: CKPT/eval or CKPT/eval-reversed)")
     add_set_argument(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=names_config(run))
 
 
 def run(args) -> int:
     from kinetix.engine.run import test
 
+    if args.out:
+        check_output_path(args.out, "--out", folder=True)
     cfg = load(args)
     views = parse_views(args.views)
     if views is not None:
@@ -64,6 +66,7 @@ def run(args) -> int:
     res = test(cfg, args.checkpoint, args.out)
     if "mAP" in res:  # detection task: frame-mAP@0.5 (AVA protocol)
         print(f"frame-mAP@0.5: {res['mAP']:.2f}%  ({res['protocol']} protocol)")
+        _print_skipped(res, "keyframes")
         for cls, (name, ap) in sorted(res["per_class"].items()):
             print(f"  {cls:>3} {name:<28} AP {'n/a (not in the ground truth)' if ap != ap else f'{ap:.2f}%'}")
         print(f"reports:       {res['report_dir']}/predictions.csv, per_class.csv, metrics.json")
@@ -74,10 +77,24 @@ def run(args) -> int:
         f"views:       {clips} clips x {crops} crops = {n} per video ({res['distinct_views']} distinct)"
         f", aggregated as {res['aggregate']}{', time-reversed' if res['reverse_frames'] else ''}"
     )
-    print(f"videos:      {res['count']}")
+    print(f"videos:      {res['count']} scored")
+    _print_skipped(res, "videos")
     for k in sorted(k for k in res if k.startswith("top")):
         print(f"{k + ':':<12} {res[k]:.2f}%")
     print(f"mean-class:  {res['mean_class_acc']:.2f}%")
     if res.get("report_dir"):
         print(f"reports:     {res['report_dir']}/per_class.csv, confusion.png, metrics.json")
     return 0
+
+
+def _print_skipped(res: dict, what: str) -> None:
+    """Unreadable inputs are skipped (never scored in substitute): say how many and which."""
+    n = res.get("skipped", 0)
+    if not n:
+        return
+    files = res.get("skipped_videos", [])
+    print(f"skipped:     {n} unreadable {what} (not scored; listed in metrics.json)")
+    for f in files[:10]:
+        print(f"  {f}")
+    if len(files) > 10:
+        print(f"  ... {len(files) - 10} more")

@@ -151,4 +151,62 @@ CHOICES = {
     "optim.name": ("sgd", "adamw"),
     "schedule.name": ("cosine", "step", "constant"),
     "eval.aggregate": ("logits", "probs"),
+    # what Lightning's Trainer accepts (the short aliases included)
+    "train.precision": (
+        "32-true", "32", "bf16-mixed", "bf16", "16-mixed", "16", "bf16-true", "16-true", "64-true", "64",
+    ),
+    "train.accelerator": ("auto", "cpu", "gpu", "cuda", "mps", "tpu"),
+}  # fmt: skip
+
+# Value ranges of numeric keys, checked on load: key -> (lowest, highest, lowest included,
+# highest included); None: unbounded on that side. Floats must also be finite (no .nan / .inf).
+RANGES = {
+    "seed": (0, None, True, True),
+    "model.num_frames": (1, None, True, True),
+    "data.batch_size": (1, None, True, True),
+    "data.val_batch_size": (1, None, True, True),
+    "data.num_workers": (0, None, True, True),
+    "data.input_size": (1, None, True, True),
+    "data.test_resize": (1, None, True, True),
+    "data.value_range": (0, None, False, True),
+    "data.frame_interval": (1, None, True, True),
+    "data.color_jitter": (0, None, True, True),
+    "data.erase_prob": (0, 1, True, True),
+    "data.max_bad_fraction": (0, 1, True, True),
+    "optim.lr": (0, None, False, True),
+    "optim.weight_decay": (0, None, True, True),
+    "optim.momentum": (0, 1, True, True),
+    "optim.eps": (0, None, False, True),
+    "optim.layer_decay": (0, 1, False, True),
+    "optim.head_lr_mult": (0, None, True, True),
+    "schedule.warmup_epochs": (0, None, True, True),
+    "schedule.warmup_start_factor": (0, 1, False, True),
+    "schedule.min_lr_ratio": (0, 1, True, True),
+    "schedule.gamma": (0, None, False, True),
+    "schedule.keep_rate_start_epochs": (0, None, True, True),
+    "schedule.keep_rate_shrink_epochs": (0, None, True, True),
+    "train.epochs": (1, None, True, True),
+    "train.num_nodes": (1, None, True, True),
+    "train.accumulate_grad_batches": (1, None, True, True),
+    "train.gradient_clip_val": (0, None, False, True),
+    "train.label_smoothing": (0, 1, True, False),
+    "train.mixup_alpha": (0, None, True, True),
+    "train.cutmix_alpha": (0, None, True, True),
+    "train.mix_prob": (0, 1, True, True),
+    "train.ema_decay": (0, 1, True, False),
+    "train.checkpoint_every_n_steps": (1, None, True, True),
+    "train.keep_last": (1, None, True, True),
+    "train.val_every_n_epochs": (1, None, True, True),
+    "train.log_every_n_steps": (1, None, True, True),
+}
+
+# Keys whose value is a list of a fixed length of positive numbers: key -> (length, element type).
+LISTS = {
+    "eval.views": (2, int),
+    "eval.topk": (None, int),
+    "data.mean": (3, float),
+    "data.std": (3, float),
+    "data.randaugment": (2, float),
+    "optim.betas": (2, float),
+    "schedule.milestones": (None, float),
 }

@@ -90,7 +90,8 @@ def _read_lines(path) -> list[tuple[int, str]]:
     """Non-blank, non-comment lines with 1-based line numbers."""
     p = Path(path)
     if not p.is_file():
-        raise AnnotationError(p, None, "annotation file not found", "Check the path")
+        what = "is a folder" if p.is_dir() else "is not a regular file" if p.exists() else "annotation file not found"
+        raise AnnotationError(p, None, what, "Check the path")
     try:
         text = p.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
@@ -237,7 +238,8 @@ def parse_rawframe_list(
 def _load_json(path):
     p = Path(path)
     if not p.is_file():
-        raise AnnotationError(p, None, "annotation file not found", "Check the path")
+        what = "is a folder" if p.is_dir() else "is not a regular file" if p.exists() else "annotation file not found"
+        raise AnnotationError(p, None, what, "Check the path")
     try:
         return json.loads(p.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:

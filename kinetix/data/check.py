@@ -43,11 +43,17 @@ class DatasetReport:
     durations: list[float] = field(default_factory=list)
     frame_sizes: dict[str, int] = field(default_factory=dict)  # "WxH" -> videos
     detection: dict = field(default_factory=dict)  # AVA: keyframes, boxes, excluded, outside video
+    warnings: list[str] = field(default_factory=list)  # duplicates, paths outside the root, ...
     parts: list[DatasetReport] = field(default_factory=list)
 
     @property
+    def empty(self) -> bool:
+        """A dataset (not a folder of splits) with no sample at all: nothing to train or test on."""
+        return not self.parts and self.num_samples == 0
+
+    @property
     def ok(self) -> bool:
-        mine = not (self.unreadable or self.annotation_errors or self.unknown_labels)
+        mine = not (self.unreadable or self.annotation_errors or self.unknown_labels or self.empty)
         return mine and all(p.ok for p in self.parts)
 
     def duration_histogram(self) -> list[tuple[str, int]]:
@@ -63,6 +69,7 @@ class DatasetReport:
         d.pop("durations")
         d["parts"] = [p.to_dict() for p in self.parts]
         d["ok"] = self.ok
+        d["empty"] = self.empty
         d["duration_histogram"] = dict(self.duration_histogram())
         if self.durations:
             d["duration_s"] = {
@@ -107,7 +114,10 @@ class DatasetReport:
         if self.frame_sizes:
             sizes = sorted(self.frame_sizes.items(), key=lambda kv: -kv[1])[:5]
             lines.append("  frame sizes (WxH): " + ", ".join(f"{s} ({c})" for s, c in sizes))
+        if self.empty:
+            lines.append("  no samples: the annotation lists no videos (a header only, or every line malformed)")
         for title, items in (
+            ("warnings", self.warnings),
             ("unreadable videos", [f"{p}: {r}" for p, r in self.unreadable.items()]),
             ("annotation errors", self.annotation_errors),
             ("unknown labels", [f"{k!r}: {v} lines" for k, v in self.unknown_labels.items()]),
@@ -117,7 +127,8 @@ class DatasetReport:
                 lines += [f"    {s}" for s in items[:max_items]]
                 if len(items) > max_items:
                     lines.append(f"    ... {len(items) - max_items} more")
-        lines.append("  status: " + ("OK" if self.ok else "PROBLEMS FOUND"))
+        note = f" ({len(self.warnings)} warnings)" if self.warnings else ""
+        lines.append("  status: " + ("OK" if self.ok else "PROBLEMS FOUND") + note)
         return "\n".join(lines)
 
 
@@ -174,6 +185,7 @@ def _check_classification(path: Path, root, fmt, classes, decode, max_videos, **
     root = Path(root) if root is not None else (path if path.is_dir() else path.parent)
     records, _ = ann.resolve_paths(records, root)
     report.num_samples = len(records)
+    report.warnings += _duplicates_and_outside(records, root)
     report.classes = list(names or sorted({str(r.label) for r in records}))
     counts = Counter(r.label for r in records)
     report.class_counts = {n: counts.get(i, 0) for i, n in enumerate(names or [])}  # zeros included
@@ -182,6 +194,31 @@ def _check_classification(path: Path, root, fmt, classes, decode, max_videos, **
     )
     _probe_all(report, [root / r.path for r in records], decode, max_videos)
     return report
+
+
+def _duplicates_and_outside(records, root: Path) -> list[str]:
+    """Warnings: a video listed more than once (same or different labels), a path that resolves
+    outside the dataset root (``../``, absolute paths, symlinks out)."""
+    out = []
+    by_path: dict[str, list] = {}
+    for r in records:
+        by_path.setdefault(r.path, []).append(r)
+    for path, rs in by_path.items():
+        if len(rs) > 1:
+            labels = sorted({r.label for r in rs})
+            where = ", ".join(r.source for r in rs[:3] if r.source)
+            what = f"with different labels {labels}" if len(labels) > 1 else "as duplicate rows"
+            out.append(f"{path}: listed {len(rs)} times {what}" + (f" ({where})" if where else ""))
+    base = root.resolve()
+    outside = [r for r in records if not (root / r.path).resolve().is_relative_to(base)]
+    for r in outside[:20]:
+        out.append(
+            f"{r.source or r.path}: {r.path} resolves outside the dataset root {root} "
+            f"(to {(root / r.path).resolve()})"
+        )
+    if len(outside) > 20:
+        out.append(f"... {len(outside) - 20} more paths outside the dataset root")
+    return out
 
 
 def _check_ava(
@@ -291,8 +328,9 @@ def check_dataset(
                 f, root, "auto", classes, decode=decode, max_videos=max_videos, time_offset=time_offset
             )
             for f in files
-            if f.is_file() and f.read_text().strip()  # a tiny synthetic set may have an empty val split
+            if f.is_file() and f.read_text().strip()
         ]
+        parts = [r for r in parts if not r.empty] or parts[:1]  # a tiny set may have an empty val split
         return DatasetReport(str(path), f"synthetic-{meta.get('kind', 'temporal')}", parts=parts)
     if path.is_dir() and format in ("auto", "folder") and not any(path.glob("*_test_split*.txt")):
         return _check_class_folders(path, decode, max_videos)

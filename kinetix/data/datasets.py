@@ -6,11 +6,12 @@
 returned clip, "labels": float (N, K) multi-hot, "meta": {...}, "index": int}``; batch it with
 :func:`collate_detection`.
 
-Robustness: a sample that cannot be read (missing, corrupt, truncated file ...) is replaced by
-another one chosen deterministically, counted in ``.bad_samples`` (path -> reason) and logged. A
-:class:`~kinetix.errors.DatasetError` is raised only when the bad fraction of load attempts exceeds
-``max_bad_fraction`` (after ``min_attempts`` attempts). Counts are per process (each DataLoader
-worker keeps its own).
+Robustness: a sample that cannot be read (missing, corrupt, truncated file ...) is counted in
+``.bad_samples`` (path -> reason) and logged; in training it is replaced by another one chosen
+deterministically, in evaluation it is skipped (never scored in substitute: see
+:func:`collate_skipping`). A :class:`~kinetix.errors.DatasetError` is raised as soon as the
+distinct bad samples exceed ``max_bad_fraction`` of the set. Counts are per process (each
+DataLoader worker keeps its own).
 
 Randomness: each item draws its sampling offsets and augmentation parameters from a private
 generator. After ``set_epoch(e)`` its seed is ``(seed, e, index, attempt)``; otherwise it is drawn
@@ -28,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
-from kinetix.errors import DatasetError, KinetixError
+from kinetix.errors import AnnotationError, DatasetError, KinetixError
 
 from . import annotations as ann
 from .io import open_video
@@ -128,7 +129,26 @@ def load_annotations(
         records, names = ann.parse_ucf101(ann_file, None, on_error)
     else:
         records, names = ann.parse_hmdb51(ann_file, split, subset, on_error)
+    if not names and records:
+        _check_numeric_labels(ann_file, records)
     return records, names, fmt
+
+
+MAX_CLASSES_WITHOUT_NAMES = 100_000  # more classes than any video dataset has: a typo, not a label
+
+
+def _check_numeric_labels(ann_file, records) -> None:
+    """Numeric labels without a class list make ``max label + 1`` classes: refuse an index that
+    would build an absurd classifier (a typo such as 40000000000 would allocate terabytes)."""
+    top = max(records, key=lambda r: r.label)
+    if top.label >= MAX_CLASSES_WITHOUT_NAMES:
+        path, _, line = (top.source or str(ann_file)).rpartition(":")
+        where = (path, int(line)) if line.isdigit() else (top.source or ann_file, None)
+        raise AnnotationError(
+            where[0], where[1],
+            f"label index {top.label} without a class list would mean {top.label + 1:,} classes",
+            "Fix the label, or give the class names (data.classes / --classes: one name per line)",
+        )  # fmt: skip
 
 
 def _as_records(samples) -> list[ann.VideoRecord]:
@@ -143,14 +163,26 @@ def _as_records(samples) -> list[ann.VideoRecord]:
 
 
 class _RobustDataset(Dataset):
-    """Bad-sample skipping, counting and per-item seeding shared by the datasets."""
+    """Bad-sample skipping, counting and per-item seeding shared by the datasets.
 
-    def __init__(self, max_bad_fraction: float, min_attempts: int, seed: int):
-        self.max_bad_fraction, self.min_attempts, self.seed = max_bad_fraction, min_attempts, seed
+    Training (``substitute=True``): a sample that cannot be read is replaced by another one chosen
+    from ``(seed, epoch, index, attempt)``; the item lists the bad indices it stands in for under
+    ``"bad_indices"``. Evaluation (``substitute=False``): nothing is ever scored in a bad sample's
+    place; the item is a marker ``{"index": i, "skipped": True, "reason": ...}`` that
+    :func:`collate_skipping` drops from the batch (and counts). Either way the sample is counted
+    once in ``bad_samples`` and logged, and :class:`~kinetix.errors.DatasetError` is raised as
+    soon as the distinct bad samples exceed ``max_bad_fraction`` of the set — an exact bound: this
+    process alone has seen that many. Counts are per process (each DataLoader worker keeps its
+    own); the engine adds up the batches' ``bad_indices`` to check the whole set across workers.
+    """
+
+    def __init__(self, max_bad_fraction: float, seed: int, substitute: bool = True):
+        if not 0.0 <= max_bad_fraction <= 1.0:
+            raise ValueError(f"max_bad_fraction must be in [0, 1], got {max_bad_fraction}")
+        self.max_bad_fraction, self.seed, self.substitute = max_bad_fraction, seed, substitute
         self.epoch: int | None = None
-        self.bad_samples: dict[str, str] = {}
-        self.attempts = 0
-        self.failures = 0
+        self.bad_samples: dict[str, str] = {}  # path -> reason
+        self.bad_indices: set[int] = set()
 
     def set_epoch(self, epoch: int) -> None:
         """Seed items from ``(seed, epoch, index)`` (exactly reproducible, resumable)."""
@@ -176,33 +208,62 @@ class _RobustDataset(Dataset):
             raise IndexError(f"index {index} out of range for a dataset of {n} samples")
         index %= n
         i = index
-        for attempt in range(n + self.min_attempts + 1):
+        bad: list[int] = []
+        for attempt in range(n + 1):
             if attempt:  # replacement: a function of (seed, epoch, index, attempt) only -> reproducible
                 key = [self.seed, self.epoch or 0, index, attempt]
                 i = int(np.random.default_rng(key).integers(n))
             rng, gen = self._rngs(i, attempt)
-            self.attempts += 1
             try:
-                return self._load(i, rng, gen)
+                item = self._load(i, rng, gen)
             except SKIPPABLE as e:
-                self._mark_bad(i, e)
-        raise DatasetError(f"no readable sample found after {n + self.min_attempts + 1} attempts")
+                reason = self._mark_bad(i, e)
+                bad.append(i)
+                if not self.substitute:
+                    return {"index": index, "skipped": True, "reason": reason}
+                continue
+            if bad:
+                item["bad_indices"] = bad
+            return item
+        raise DatasetError(f"no readable sample found after {n + 1} attempts ({len(self.bad_indices)} bad)")
 
-    def _mark_bad(self, i: int, err: Exception) -> None:
+    def _mark_bad(self, i: int, err: Exception) -> str:
         path = self._sample_path(i)
-        reason = f"{type(err).__name__}: {err}"
-        self.failures += 1
-        if path not in self.bad_samples:
+        reason = str(err) if isinstance(err, KinetixError) else f"{type(err).__name__}: {err}"
+        if i not in self.bad_indices:
             log.warning("skipping unreadable sample %s (%s)", path, reason)
+        self.bad_indices.add(i)
         self.bad_samples[path] = reason
-        frac = self.failures / self.attempts
-        if self.attempts >= self.min_attempts and frac > self.max_bad_fraction:
-            worst = "\n".join(f"  {p}: {r}" for p, r in list(self.bad_samples.items())[:5])
-            raise DatasetError(
-                f"{self.failures} of {self.attempts} sample loads failed ({frac:.0%} > max_bad_fraction="
-                f"{self.max_bad_fraction:.0%}); first bad files:\n{worst}\n"
-                "Fix or drop these files (`kinetix data check` lists them all), or raise max_bad_fraction"
-            ) from err
+        check_bad_fraction(len(self.bad_indices), len(self), self.max_bad_fraction, self.bad_samples, err)
+        return reason
+
+
+def check_bad_fraction(num_bad: int, num_samples: int, max_bad_fraction: float, examples=None, cause=None):
+    """``DatasetError`` when ``num_bad`` distinct samples of ``num_samples`` exceed the allowed fraction."""
+    if num_bad <= max_bad_fraction * num_samples:
+        return
+    worst = "".join(
+        f"\n  {r if r.startswith(p) else f'{p}: {r}'}" for p, r in list((examples or {}).items())[:5]
+    )
+    raise DatasetError(
+        f"{num_bad} of {num_samples} samples are unreadable ({num_bad / num_samples:.1%} > "
+        f"data.max_bad_fraction={max_bad_fraction:g})"
+        + (f"; first bad files:{worst}" if worst else "")
+        + "\nFix or drop these files (`kinetix data check` lists them all), or raise data.max_bad_fraction"
+    ) from cause
+
+
+def collate_skipping(batch: list[dict], collate=None) -> dict:
+    """Collate dataset items, dropping evaluation's skipped markers: every bad index (skipped or
+    substituted) goes to ``"bad_indices"`` (int64 tensor). A batch whose every item was skipped is
+    just ``{"bad_indices": ...}`` (no ``"video"``)."""
+    bad = [b["index"] for b in batch if b.get("skipped")]
+    good = [b for b in batch if not b.get("skipped")]
+    for b in good:
+        bad += b.pop("bad_indices", [])
+    out = (collate or default_collate)(good) if good else {}
+    out["bad_indices"] = torch.tensor(bad, dtype=torch.int64)
+    return out
 
 
 class VideoClassificationDataset(_RobustDataset):
@@ -243,12 +304,11 @@ class VideoClassificationDataset(_RobustDataset):
         transform=None,
         short_side: int | None = None,
         max_bad_fraction: float = 0.05,
-        min_attempts: int = 20,
         seed: int = 0,
         classes: Sequence[str] | None = None,
         cache_decoded: bool = False,
     ):
-        super().__init__(max_bad_fraction, min_attempts, seed)
+        super().__init__(max_bad_fraction, seed, substitute=mode == "train")
         if sampling not in ("segment", "dense"):
             raise ValueError(f"sampling must be 'segment' or 'dense', got {sampling!r}")
         if mode not in ("train", "val", "test"):
@@ -372,10 +432,9 @@ class AVADataset(_RobustDataset):
         time_offset: float = 0.0,
         mode: str = "train",
         max_bad_fraction: float = 0.05,
-        min_attempts: int = 20,
         seed: int = 0,
     ):
-        super().__init__(max_bad_fraction, min_attempts, seed)
+        super().__init__(max_bad_fraction, seed, substitute=mode == "train")
         self.label_map = label_map if isinstance(label_map, dict) else ann.parse_label_map(label_map)
         self.num_classes = max(self.label_map)
         self.classes = [self.label_map.get(i + 1, "") for i in range(self.num_classes)]

@@ -16,7 +16,11 @@ frame rate videos index consistently). Only what a clip needs is decoded:
    rotated upright from the display matrix.
 
 Files whose packets carry no timestamps or keyframe flags fall back to a sequential decode (and
-count frames by decoding). Unreadable inputs raise :class:`kinetix.errors.VideoDecodeError` naming the file, the cause
+count frames by decoding). A file whose tail is cut off keeps the frame count its header declares
+(so clips are sampled over the whole video, as intended) and a request for a frame that is not
+there raises :class:`~kinetix.errors.VideoDecodeError`: a damaged sample is never silently
+re-sampled from the part that survived. Frames after a resolution change mid-stream are scaled to
+the stream's initial size. Unreadable inputs raise :class:`kinetix.errors.VideoDecodeError` naming the file, the cause
 and a fix. ``FrameFolderReader`` offers the same interface for folders of jpg/png frames
 (Something-Something V1, AVA rawframes); ``open_video`` picks the right one.
 """
@@ -42,7 +46,9 @@ __all__ = [
     "SEEK_COST",
     "FrameFolderReader",
     "VideoReader",
+    "VideoWriter",
     "clear_index_cache",
+    "frame_to_rgb",
     "open_video",
     "write_video",
 ]
@@ -60,8 +66,9 @@ class _FrameIndex:
     pts: np.ndarray | None  # (N,) int64, sorted; None -> no usable timestamps, decode sequentially
     key_pos: np.ndarray  # (K,) frame indices of keyframes (presentation order), sorted
     key_seek: np.ndarray  # (K,) seek timestamp of each keyframe: min(pts, dts), never past the frame
-    num_frames: int
+    num_frames: int  # frames the file declares (its header), or the frames present if it declares none
     rotation: int | None = None  # display-matrix rotation (degrees ccw), known after the first decode
+    present: int | None = None  # frames actually in the file when fewer than declared (truncated)
 
 
 def clear_index_cache() -> None:
@@ -76,6 +83,8 @@ def _check_file(path: Path) -> None:
         raise VideoDecodeError(
             path, "is a directory", "Use FrameFolderReader / open_video() for folders of frames"
         )
+    if not path.is_file():  # reading a pipe or a device could block or never end
+        raise VideoDecodeError(path, "not a regular file (a pipe, device or socket)", "Pass a video file")
     if path.stat().st_size == 0:
         raise VideoDecodeError(path, "file is empty (0 bytes)", "Re-download or re-encode it")
 
@@ -96,22 +105,46 @@ def _open_container(path: Path) -> tuple[av.container.InputContainer, av.video.s
     return container, container.streams.video[0]
 
 
+def _declared_frames(stream, seen: int, discarded: int) -> int | None:
+    """Frames the header promises when the file holds fewer (a cut-off tail), else None.
+
+    MP4/MOV (moov at the front) state the sample count; other containers only a duration, which
+    is trusted when it exceeds the packets' span by more than a second and 10%."""
+    declared = int(stream.frames or 0)
+    if declared:
+        return declared if declared > seen + discarded else None
+    rate = stream.average_rate or stream.guessed_rate
+    if stream.duration and stream.time_base and rate:
+        expected = round(float(stream.duration * stream.time_base) * float(rate))
+        if expected > 1.1 * seen + float(rate):
+            return expected
+    return None
+
+
 def _scan_packets(path: Path, container, stream) -> _FrameIndex:
     """Demux (no decode) the video stream once and build the frame table."""
     pts, dts, key = [], [], []
+    discarded = 0
     try:
         for pkt in container.demux(stream):
-            if pkt.size == 0 or pkt.is_discard:  # flush packet / frame dropped by an edit list
+            if pkt.size == 0:  # flush packet
+                continue
+            if pkt.is_discard:  # frame dropped by an edit list
+                discarded += 1
                 continue
             pts.append(pkt.pts)
             dts.append(pkt.dts)
             key.append(pkt.is_keyframe)
-    except av.FFmpegError:  # damaged tail: keep what could be read, decoding will tell the rest
+    except av.FFmpegError:  # damaged tail: keep what could be read; the declared count tells the rest
         pass
     if not pts:
         raise VideoDecodeError(path, "the video stream has no frames", _FIX_FILE)
+    declared = _declared_frames(stream, len(pts), discarded)
     if not any(key) or any(p is None for p in pts) or len(set(pts)) != len(pts):  # cannot seek safely
-        return _FrameIndex(None, np.zeros(1, np.int64), np.zeros(1, np.int64), _count_by_decoding(path))
+        n = _count_by_decoding(path)
+        if declared is not None:
+            return _FrameIndex(None, np.zeros(1, np.int64), np.zeros(1, np.int64), declared, present=n)
+        return _FrameIndex(None, np.zeros(1, np.int64), np.zeros(1, np.int64), n)
     first = key.index(True)  # decoders drop frames before the first keyframe (decode order)
     pts, dts, key = pts[first:], dts[first:], np.array(key[first:])
     pts_arr = np.array(pts, dtype=np.int64)
@@ -121,6 +154,8 @@ def _scan_packets(path: Path, container, stream) -> _FrameIndex:
     key_sorted = key[order]
     key_pos = np.flatnonzero(key_sorted)
     key_seek = np.minimum(pts_arr, dts_arr)[order][key_pos]
+    if declared is not None:
+        return _FrameIndex(pts_sorted, key_pos, key_seek, declared, present=len(pts_sorted))
     return _FrameIndex(pts_sorted, key_pos, key_seek, len(pts_sorted))
 
 
@@ -154,6 +189,22 @@ def _checked_indices(path, indices, n: int, what: str) -> np.ndarray:
         bad = int(idx[(idx < 0) | (idx >= n)][0])
         raise IndexError(f"{path}: frame index {bad} out of range: the {what} has {n} frames (0..{n - 1})")
     return idx
+
+
+def frame_to_rgb(
+    frame: av.VideoFrame, short_side: int | None = None, base_size: tuple[int, int] | None = None
+) -> np.ndarray:
+    """One decoded frame -> upright RGB uint8 ``(H, W, 3)``, scaled on conversion so that the short
+    side is ``short_side`` (aspect kept) when given. ``base_size`` ``(w, h)`` is the size the stream
+    started with: a frame of another size (a resolution change mid-stream) is scaled back to it, as
+    ffmpeg does. The conversion every reader uses."""
+    rot = round(frame.rotation / 90) % 4 if frame.rotation else 0
+    ow, oh = _display_size(*(base_size or (frame.width, frame.height)), short_side)
+    if (frame.width, frame.height) != (ow, oh):
+        img = frame.to_ndarray(format="rgb24", width=ow, height=oh)  # (oh, ow, 3)
+    else:
+        img = frame.to_ndarray(format="rgb24")  # (h, w, 3)
+    return np.rot90(img, k=rot) if rot else img  # k quarter turns counter-clockwise (a view)
 
 
 class VideoReader:
@@ -255,16 +306,10 @@ class VideoReader:
     # ----------------------------------------------------------------- decoding
     def _to_rgb(self, frame: av.VideoFrame) -> np.ndarray:
         """Convert one decoded frame to upright RGB (H, W, 3), resizing on the way if asked."""
-        rot = round(frame.rotation / 90) % 4 if frame.rotation else 0
         if self.index.rotation is None:
+            rot = round(frame.rotation / 90) % 4 if frame.rotation else 0
             self.index.rotation = rot * 90 if rot < 3 else -90
-        w, h = frame.width, frame.height
-        if self.short_side is not None:
-            ow, oh = _display_size(w, h, self.short_side)
-            img = frame.to_ndarray(format="rgb24", width=ow, height=oh)  # (oh, ow, 3)
-        else:
-            img = frame.to_ndarray(format="rgb24")  # (h, w, 3)
-        return np.rot90(img, k=rot) if rot else img  # k quarter turns counter-clockwise (a view)
+        return frame_to_rgb(frame, self.short_side, self._coded_size if all(self._coded_size) else None)
 
     def get_frames(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> torch.Tensor:
         """Decode frames ``indices`` (0-based, presentation order) -> uint8 tensor (T, H, W, 3)."""
@@ -274,6 +319,14 @@ class VideoReader:
         if not idx.size:
             return torch.empty((0, self.height, self.width, 3), dtype=torch.uint8)
         uniq, inverse = np.unique(idx, return_inverse=True)
+        present = self.index.present
+        if present is not None and uniq[-1] >= present:
+            raise VideoDecodeError(
+                self.path,
+                f"the file is truncated: it declares {self.num_frames} frames but holds only {present}, "
+                f"and frame {int(uniq[uniq >= present][0])} is past the end",
+                _FIX_FILE,
+            )
         if self.index.pts is None:
             frames = self._decode_sequential(uniq)
         else:
@@ -540,6 +593,84 @@ def open_video(path: str | os.PathLike, **kwargs) -> VideoReader | FrameFolderRe
 
 
 # --------------------------------------------------------------------------- writing
+class VideoWriter:
+    """Encode uint8 RGB ``(H, W, 3)`` (or grey ``(H, W)``) frames one at a time; the frame size is
+    taken from the first frame. Options as :func:`write_video`. Use as a context manager (or call
+    :meth:`close`) so the encoder is flushed and the file finalised."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        fps: float = 30.0,
+        *,
+        codec: str = "libx264",
+        pix_fmt: str = "yuv420p",
+        gop: int | None = None,
+        crf: int | None = None,
+        preset: str | None = None,
+        options: dict[str, str] | None = None,
+        rotation: int = 0,
+        threads: int = 1,
+    ):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._rate = Fraction(fps).limit_denominator(1001 * 1000)
+        self._opts = dict(options or {})
+        if crf is not None:
+            self._opts["crf"] = str(crf)
+        if preset is not None:
+            self._opts["preset"] = preset
+        self._codec, self._pix_fmt, self._gop, self._rotation, self._threads = codec, pix_fmt, gop, rotation, threads
+        self._container = av.open(str(self.path), "w")
+        self._stream = None
+        self.frames_written = 0
+
+    def _open_stream(self, h: int, w: int) -> None:
+        stream = self._container.add_stream(self._codec, rate=self._rate, options=self._opts)
+        stream.height, stream.width = h, w
+        stream.pix_fmt = self._pix_fmt
+        stream.codec_context.thread_count = self._threads
+        if self._gop is not None:
+            stream.codec_context.gop_size = self._gop
+        if self._rotation:
+            stream.set_display_rotation(self._rotation)
+        self._stream = stream
+
+    def write(self, frame: np.ndarray | torch.Tensor) -> None:
+        arr = frame.numpy() if isinstance(frame, torch.Tensor) else np.asarray(frame)
+        if arr.dtype != np.uint8 or arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] != 3):
+            raise ValueError(f"a frame must be uint8 (H, W, 3) or (H, W), got {arr.dtype} {arr.shape}")
+        # 4:2:0 / 4:2:2 chroma needs even sizes: repeat the last row / column instead of failing
+        pad_h = arr.shape[0] % 2 if "420" in self._pix_fmt else 0
+        pad_w = arr.shape[1] % 2 if ("420" in self._pix_fmt or "422" in self._pix_fmt) else 0
+        if pad_h or pad_w:
+            arr = np.pad(arr, [(0, pad_h), (0, pad_w)] + [(0, 0)] * (arr.ndim - 2), mode="edge")
+        if self._stream is None:
+            self._open_stream(arr.shape[0], arr.shape[1])
+        fmt = "rgb24" if arr.ndim == 3 else "gray"
+        out = av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format=fmt)
+        out.pts = self.frames_written
+        out.time_base = 1 / self._rate
+        self._container.mux(self._stream.encode(out))
+        self.frames_written += 1
+
+    def close(self) -> None:
+        if self._container is None:
+            return
+        try:
+            if self._stream is not None:
+                self._container.mux(self._stream.encode())
+        finally:
+            self._container.close()
+            self._container = None
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def write_video(
     path: str | os.PathLike,
     frames: np.ndarray | torch.Tensor,
@@ -565,33 +696,8 @@ def write_video(
     arr = frames.numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
     if arr.dtype != np.uint8 or arr.ndim not in (3, 4) or (arr.ndim == 4 and arr.shape[-1] != 3):
         raise ValueError(f"frames must be uint8 (T, H, W, 3) or (T, H, W), got {arr.dtype} {arr.shape}")
-    # 4:2:0 / 4:2:2 chroma needs even sizes: repeat the last row / column instead of failing
-    pad_h = arr.shape[1] % 2 if "420" in pix_fmt else 0
-    pad_w = arr.shape[2] % 2 if ("420" in pix_fmt or "422" in pix_fmt) else 0
-    if pad_h or pad_w:
-        arr = np.pad(arr, [(0, 0), (0, pad_h), (0, pad_w)] + [(0, 0)] * (arr.ndim - 3), mode="edge")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rate = Fraction(fps).limit_denominator(1001 * 1000)
-    src_fmt = "rgb24" if arr.ndim == 4 else "gray"
-    opts = dict(options or {})
-    if crf is not None:
-        opts["crf"] = str(crf)
-    if preset is not None:
-        opts["preset"] = preset
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=rate, options=opts)
-        stream.height, stream.width = arr.shape[1], arr.shape[2]
-        stream.pix_fmt = pix_fmt
-        stream.codec_context.thread_count = threads
-        if gop is not None:
-            stream.codec_context.gop_size = gop
-        if rotation:
-            stream.set_display_rotation(rotation)
+    kw = dict(codec=codec, pix_fmt=pix_fmt, gop=gop, crf=crf, preset=preset, options=options)
+    with VideoWriter(path, fps, rotation=rotation, threads=threads, **kw) as writer:
         for t in range(arr.shape[0]):
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(arr[t]), format=src_fmt)
-            frame.pts = t
-            frame.time_base = 1 / rate
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
-    return path
+            writer.write(arr[t])
+    return Path(path)

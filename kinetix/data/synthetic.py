@@ -15,6 +15,9 @@ solvable from a single frame. Layout (Kinetics-style)::
     out/classes.txt              one class name per line (index = line number)
     out/synth.json               classes, reversed_pairs, appearance-only classes, parameters, counts
 
+Every video can give the mask of its shape (:func:`temporal_mask`, :func:`load_temporal_mask`),
+recomputed from the same parameters: the ground truth of where a model should look.
+
 ``generate_detection`` — spatio-temporal action detection in AVA format: 1-3 person-like figures
 (body, head, arm) per clip whose actions are defined by motion (stand / walk left / walk right, plus
 jump and wave, multi-label), with person boxes at 1 s keyframes (frame ``round(t * fps)``)::
@@ -50,9 +53,11 @@ __all__ = [
     "generate",
     "generate_detection",
     "generate_temporal",
+    "load_temporal_mask",
     "render_detection",
     "render_temporal",
     "sample_temporal_params",
+    "temporal_mask",
 ]
 
 # class name -> (motion, reversed): a reversed class is rendered as the time reverse of its motion
@@ -220,10 +225,9 @@ def sample_temporal_params(class_name: str, size: int, rng: np.random.Generator)
     )
 
 
-def render_temporal(class_name: str, params: TemporalParams, num_frames: int, size: int) -> np.ndarray:
-    """Render uint8 (T, H, W, 3). A reversed class is the canonical motion rendered, then flipped in time."""
-    motion, reverse = TEMPORAL_CLASSES[class_name]
-    p = params
+def _temporal_cover(motion: str, p: TemporalParams, num_frames: int, size: int):
+    """Canonical (not reversed) shape coverage ``(T, H, W)`` in [0, 1] (fade included), the pixel
+    grid and the per-frame brightness change ``(T,)``."""
     t = np.linspace(0.0, 1.0, num_frames, dtype=np.float32)  # t -> 1 - t is exactly frame reversal
     cy, cx = np.full_like(t, p.cy), np.full_like(t, p.cx)
     r, angle, alpha = np.full_like(t, p.r), np.full_like(t, p.angle), np.ones_like(t)
@@ -241,7 +245,14 @@ def render_temporal(class_name: str, params: TemporalParams, num_frames: int, si
     elif motion == "light":
         light = p.light * (t - 0.5)
     yy, xx = _grid(size, size)
-    cover = _shape_mask(p.shape, yy, xx, cy, cx, r, angle) * _col(alpha)  # (T, H, W)
+    return _shape_mask(p.shape, yy, xx, cy, cx, r, angle) * _col(alpha), (yy, xx), light
+
+
+def render_temporal(class_name: str, params: TemporalParams, num_frames: int, size: int) -> np.ndarray:
+    """Render uint8 (T, H, W, 3). A reversed class is the canonical motion rendered, then flipped in time."""
+    motion, reverse = TEMPORAL_CLASSES[class_name]
+    p = params
+    cover, (yy, xx), light = _temporal_cover(motion, p, num_frames, size)  # (T, H, W)
     bg = (
         p.colours[0]
         + p.gradient[0] * (yy[0, :, :, None] / size - 0.5)
@@ -252,6 +263,44 @@ def render_temporal(class_name: str, params: TemporalParams, num_frames: int, si
     noise = np.random.default_rng(p.noise_seed).standard_normal((num_frames, size, size, 1), np.float32)
     frames = _finish(frames + p.noise * noise)  # (T, H, W, 3)
     return frames[::-1].copy() if reverse else frames
+
+
+def temporal_mask(
+    class_name: str, params: TemporalParams, num_frames: int, size: int, threshold: float = 0.5
+) -> np.ndarray:
+    """Mask ``(T, H, W)`` bool of the shape in the video :func:`render_temporal` draws from the same
+    arguments: pixels where the shape's coverage (anti-aliasing and fade included) is at least
+    ``threshold``, so a faded-out shape has an empty mask."""
+    motion, reverse = TEMPORAL_CLASSES[class_name]
+    cover = _temporal_cover(motion, params, num_frames, size)[0] >= threshold  # (T, H, W)
+    return cover[::-1].copy() if reverse else cover
+
+
+def load_temporal_mask(data_dir: str | Path, video: str | Path) -> np.ndarray:
+    """The shape mask ``(T, H, W)`` bool of one video of a :func:`generate_temporal` dataset,
+    recomputed from ``synth.json``, the video's label (``train.txt`` / ``val.txt``) and its per-video
+    seed (``v<i>.mp4`` was drawn from ``default_rng([seed, i])``)."""
+    root = Path(data_dir)
+    info_path = root / "synth.json"
+    if not info_path.is_file():
+        raise DatasetError(f"{info_path}: no such file; pass the folder `kinetix data synth` wrote")
+    info = json.loads(info_path.read_text())
+    stem = Path(video).stem
+    if info.get("kind") != "temporal" or not stem.startswith("v") or not stem[1:].isdigit():
+        raise DatasetError(f"{video}: not a video of the temporal synthetic dataset in {root}")
+    rel = f"videos/{stem}.mp4"
+    label = None
+    for split in ("train", "val"):
+        lst = root / f"{split}.txt"
+        for line in lst.read_text().splitlines() if lst.is_file() else []:
+            parts = line.split()
+            if len(parts) == 2 and parts[0] == rel:
+                label = int(parts[1])
+    if label is None:
+        raise DatasetError(f"{video}: not listed in {root}/train.txt or val.txt")
+    size, name = int(info["params"]["size"]), info["classes"][label]
+    params = sample_temporal_params(name, size, np.random.default_rng([int(info["seed"]), int(stem[1:])]))
+    return temporal_mask(name, params, int(info["num_frames"]), size)
 
 
 def _reversed_pairs(classes: list[str]) -> list[list[int]]:

@@ -95,8 +95,11 @@ def clip_boxes(boxes: torch.Tensor, height: float, width: float) -> torch.Tensor
 def extend_boxes(
     boxes: torch.Tensor, ratio: tuple[float, float], height: float, width: float
 ) -> torch.Tensor:
-    """EVAD's RoI extension: widen by ``ratio[0]·w`` and heighten by ``ratio[1]·h`` (half on each
-    side), then clip to the image. ``(0.4, 0.2)`` pads 0.2w left/right and 0.1h top/bottom."""
-    w, h = boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]
+    """EVAD's RoI extension, as the official ``EVADRoIHead.bbox_extension``: widen by ``ratio[0]·w``
+    and heighten by ``ratio[1]·h`` (half on each side) with the inclusive pixel size
+    ``w = x2 − x1 + 1``, ``h = y2 − y1 + 1``, then clip to the pixel centres
+    ``[0, width − 1] × [0, height − 1]`` (SlowFast's ``clip_boxes_tensor``). ``(0.4, 0.2)`` pads
+    0.2w left/right and 0.1h top/bottom. Give it the predicted boxes unclipped, as the official head."""
+    w, h = boxes[..., 2] - boxes[..., 0] + 1, boxes[..., 3] - boxes[..., 1] + 1
     pad = torch.stack([-ratio[0] * w, -ratio[1] * h, ratio[0] * w, ratio[1] * h], -1) / 2
-    return clip_boxes(boxes + pad, height, width)
+    return clip_boxes(boxes + pad, height - 1, width - 1)

@@ -116,22 +116,29 @@ class ContextHead(nn.Module):
         full = self.mask_token.expand(B, t * S, D).scatter(1, full_idx[..., None].expand(-1, -1, D), z)
         return full, full_idx
 
+    def actor_features(self, full: torch.Tensor, boxes: torch.Tensor, grid, image_size) -> torch.Tensor:
+        """One feature per actor: ``full (B, t·h·w, D)`` time-major map, ``boxes (B, P, 4)`` xyxy
+        pixels (unclipped) → ``(B, P, D)``. Each box is extended (:func:`extend_boxes`), RoIAligned
+        (7×7, aligned, sampling 2) on every time slice, max-pooled over space, averaged over time."""
+        t, h, w = grid
+        B, P, D = boxes.shape[0], boxes.shape[1], full.shape[-1]
+        maps = full.view(B, t, h, w, D).permute(0, 1, 4, 2, 3).reshape(B * t, D, h, w)  # (B·t, D, h, w)
+        rois = extend_boxes(boxes, self.roi_extension, *image_size)
+        rois = rois[:, None].expand(B, t, P, 4).reshape(B * t, P, 4)  # the same boxes on every slice
+        feat = roi_align(maps, rois, 7, 1.0 / self.patch_size, 2)  # (B·t, P, D, 7, 7)
+        return feat.amax((-2, -1)).view(B, t, P, D).mean(1)  # spatial max, temporal mean: (B, P, D)
+
     def forward(self, tokens, idx, grid, key, boxes, image_size):
         """``tokens (B, S + n, C)`` kept tokens (keyframe first), ``idx (B, n)`` their non-keyframe
-        positions, ``boxes (B, P, 4)`` final actor boxes → list of per-layer ``(B, P, A)`` logits."""
-        t, h, w = grid
+        positions, ``boxes (B, P, 4)`` final actor boxes (unclipped) → list of per-layer ``(B, P, A)``
+        logits."""
         B, P = boxes.shape[:2]
         z = self.encoder_to_decoder(tokens)  # (B, S + n, D)
         D = z.shape[-1]
         full, full_idx = self.restore(z, idx, grid, key)
         pos = self.pos_embed(grid, z).expand(B, -1, -1)  # (B, t·S, D)
         full = full + pos
-        # one RoIAlign per time slice with the same (extended) boxes: (B·t, D, h, w) maps
-        maps = full.view(B, t, h, w, D).permute(0, 1, 4, 2, 3).reshape(B * t, D, h, w)
-        rois = extend_boxes(boxes, self.roi_extension, *image_size)
-        rois = rois[:, None].expand(B, t, P, 4).reshape(B * t, P, 4)
-        feat = roi_align(maps, rois, 7, 1.0 / self.patch_size, 2)  # (B·t, P, D, 7, 7)
-        actors = feat.amax((-2, -1)).view(B, t, P, D).mean(1)  # spatial max, temporal mean: (B, P, D)
+        actors = self.actor_features(full, boxes, grid, image_size)  # (B, P, D)
         x = torch.cat(
             [z + pos.gather(1, full_idx[..., None].expand(-1, -1, D)), actors], 1
         )  # (B, S + n + P, D)
@@ -228,8 +235,9 @@ class EVAD(nn.Module):
             x = F.pad(x, (0, pw, 0, ph))
         tokens, idx, maps, grid, key = self.forward_features(x)
         logits, boxes, _ = self.sparse_rcnn(self.fpn(maps), (H, W))
+        # the context head extends the unclipped final boxes (then clips), as the official head does
+        actions = self.det_head(tokens, idx, grid, key, boxes[-1].detach(), (H, W))
         final = clip_boxes(boxes[-1].detach(), H, W)
-        actions = self.det_head(tokens, idx, grid, key, final, (H, W))
         if targets is not None:
             targets = [
                 {

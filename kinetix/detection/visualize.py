@@ -4,6 +4,7 @@
 * :func:`plot_kept_tokens` — one panel per temporal slice (the tubelet's first frame), dropped
   patches dimmed, the keyframe slice outlined; saved as PNG.
 * :func:`draw_detections` — boxes with action labels and scores drawn on a ``(H, W, 3)`` uint8 frame.
+* :func:`draw_label` — one text label on a filled box (also used by ``kinetix.explain``'s overlays).
 """
 
 from __future__ import annotations
@@ -62,6 +63,15 @@ def plot_kept_tokens(frames: np.ndarray, mask: torch.Tensor, out: str | Path, ti
     return out
 
 
+def draw_label(draw, x: float, y: float, text: str, colour=(255, 255, 255)) -> None:
+    """``text`` on a filled ``colour`` box with its top-left corner at ``(x, y)`` (moved inside the
+    image when it would start above it); ``draw``: a ``PIL.ImageDraw.Draw``."""
+    tw, th = draw.textbbox((0, 0), text)[2:]
+    y = y if y >= 0 else 0
+    draw.rectangle([x, y, x + tw + 2, y + th + 1], fill=colour)
+    draw.text((x + 1, y), text, fill=(0, 0, 0))
+
+
 def draw_detections(frame: np.ndarray, boxes, labels: list[str], colour_ids=None) -> np.ndarray:
     """Draw xyxy pixel ``boxes (n, 4)`` with one text label each on ``frame (H, W, 3)`` uint8."""
     from PIL import Image, ImageDraw
@@ -72,8 +82,6 @@ def draw_detections(frame: np.ndarray, boxes, labels: list[str], colour_ids=None
         c = _COLOURS[(colour_ids[i] if colour_ids is not None else i) % len(_COLOURS)]
         x1, y1, x2, y2 = (float(v) for v in box)
         draw.rectangle([x1, y1, x2, y2], outline=c, width=2)
-        tw, th = draw.textbbox((0, 0), text)[2:]
-        ty = y1 - th - 2 if y1 - th - 2 >= 0 else y1 + 1
-        draw.rectangle([x1, ty, x1 + tw + 2, ty + th + 1], fill=c)
-        draw.text((x1 + 1, ty), text, fill=(0, 0, 0))
+        th = draw.textbbox((0, 0), text)[3]
+        draw_label(draw, x1, y1 - th - 2 if y1 - th - 2 >= 0 else y1 + 1, text, c)
     return np.asarray(img)

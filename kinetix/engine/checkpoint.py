@@ -31,13 +31,13 @@ from typing import Any
 import av
 import lightning
 import torch
-from lightning.pytorch import Callback
+from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.plugins.io import CheckpointIO
 from safetensors.torch import load_file
 
 from kinetix import __version__
 from kinetix.errors import CheckpointError
-from kinetix.utils.state_dict import save_safetensors
+from kinetix.utils.state_dict import load_pickle_safely, save_safetensors
 
 MODEL_FILE, EMA_FILE, STATE_FILE = "model.safetensors", "ema.safetensors", "training_state.pt"
 MANIFEST, CONFIG_FILE = "manifest.json", "config.yaml"
@@ -116,6 +116,7 @@ def write_checkpoint(checkpoint: dict, path: str | Path) -> Path:
             "model": meta.get("model_name"),
             "dataset_fingerprint": meta.get("dataset_fingerprint"),
             "metrics": meta.get("metrics", {}),
+            "bad_samples": meta.get("bad_samples", {}),  # unreadable samples skipped so far, per split
             "class_names": meta.get("class_names"),
             "files": [*sorted(p.name for p in tmp.iterdir()), MANIFEST],
             "config": meta.get("config", {}),
@@ -149,13 +150,25 @@ def read_checkpoint(path: str | Path) -> dict:
     path = resolve_checkpoint(path)
     _check_dir(path)
     try:
-        ckpt = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{path / STATE_FILE}: unreadable training state ({e})") from e
+        ckpt = load_pickle_safely(path / STATE_FILE)  # tensors and plain data only, never code
+    except CheckpointError as e:
+        raise CheckpointError(
+            f"{str(e).rstrip('.')}. An unreadable training state means the checkpoint is damaged or not from kinetix; "
+            "use another checkpoint of the run (RUN/checkpoints/step-*)"
+        ) from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path / STATE_FILE}: not a kinetix training state ({type(ckpt).__name__})")
     state_dict = dict(ckpt.pop("state_dict_rest", {}))
     for prefix, name in _PREFIXES.items():
         if (path / name).exists():
-            state_dict.update({prefix + k: v for k, v in load_file(str(path / name)).items()})
+            try:
+                tensors = load_file(str(path / name))
+            except Exception as e:
+                raise CheckpointError(
+                    f"{path / name}: unreadable weights ({e}); the checkpoint is damaged. Use another "
+                    "checkpoint of the run (RUN/checkpoints/step-*)"
+                ) from None
+            state_dict.update({prefix + k: v for k, v in tensors.items()})
     ckpt["state_dict"] = state_dict
     return ckpt
 
@@ -163,7 +176,16 @@ def read_checkpoint(path: str | Path) -> dict:
 def read_manifest(path: str | Path) -> dict:
     path = resolve_checkpoint(path)
     _check_dir(path)
-    return json.loads((path / MANIFEST).read_text())
+    try:
+        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(
+            f"{path / MANIFEST}: not valid JSON ({e}); the checkpoint is damaged. Use another "
+            "checkpoint of the run (RUN/checkpoints/step-*)"
+        ) from None
+    if not isinstance(manifest, dict):
+        raise CheckpointError(f"{path / MANIFEST}: expected a JSON object, got {type(manifest).__name__}")
+    return manifest
 
 
 def list_checkpoints(folder: str | Path) -> list[Path]:
@@ -214,9 +236,14 @@ class KinetixCheckpointIO(CheckpointIO):
             shutil.rmtree(path)
 
 
-class PeriodicCheckpoint(Callback):
+class PeriodicCheckpoint(Checkpoint):
     """Save ``step-N`` checkpoints every ``every_n_steps`` optimiser steps and at every epoch end
-    (keeping the last ``keep_last``), and ``best`` when the monitored metric improves."""
+    (keeping the last ``keep_last``), and ``best`` when the monitored metric improves.
+
+    Every saved checkpoint carries the state of every callback *after* this epoch's updates (the
+    best score here; early stopping, top-k of other callbacks): Lightning runs ``Checkpoint``
+    callbacks last, and the best score is updated before the step is saved, so a resumed run
+    that gets worse never replaces a better ``best``."""
 
     def __init__(
         self,
@@ -254,10 +281,12 @@ class PeriodicCheckpoint(Callback):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self._last_saved_step = -1  # the epoch-end state replaces a same-step mid-epoch save
-        self.save_step(trainer)
         value = trainer.callback_metrics.get(self.monitor)
-        if value is not None and (self.best is None or float(value) > self.best):
-            self.best = float(value)
+        improved = value is not None and (self.best is None or float(value) > self.best)
+        if improved:
+            self.best = float(value)  # before saving: the step checkpoint must carry it
+        self.save_step(trainer)
+        if improved:
             self._save(trainer, "best")
 
     def state_dict(self) -> dict:

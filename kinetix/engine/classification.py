@@ -18,8 +18,9 @@ import torch
 from kinetix.data.datasets import VideoClassificationDataset, load_annotations
 from kinetix.data.transforms import train_transform
 from kinetix.data.views import decode_short_side, load_test_views, test_view_transform
-from kinetix.errors import ConfigError, DatasetError
+from kinetix.errors import CheckpointError, ConfigError, DatasetError, KinetixError
 
+from .badsamples import BadSampleTracker
 from .checkpoint import read_manifest
 from .datamodule import VideoDataModule, fingerprint_files, resolve_data_settings
 from .module import ClassificationModule
@@ -153,9 +154,18 @@ def evaluate(cfg, checkpoint, out_dir, *, trainer_kwargs=None, quiet: bool = Fal
     dm.setup("test")
     n_views = settings.test_views[0] * settings.test_views[1]
     distinct = _distinct_views(dm.test_set, n_views)
-    trainer = build_trainer(cfg, out_dir, stage="test", **(trainer_kwargs or {}))
+    module.meta["checkpoint"] = str(checkpoint)
+    tracker = BadSampleTracker(cfg.data.max_bad_fraction)
+    kwargs = dict(trainer_kwargs or {})
+    kwargs["callbacks"] = [tracker, *kwargs.get("callbacks", [])]
+    trainer = build_trainer(cfg, out_dir, stage="test", **kwargs)
     trainer.test(module, datamodule=dm, verbose=False)
+    skipped = tracker.paths(trainer, "test")
+    if not getattr(module, "_test_parts", None):
+        raise DatasetError(f"no video of the test set could be read ({len(skipped)} skipped, e.g. {skipped[:3]})")
     res = dict(module.test_results)
+    # unreadable videos are skipped, never scored in substitute: 'count' is the scored ones
+    res.update(skipped=len(skipped), skipped_videos=skipped)
     meter = module.test_meter
     res.update(
         views=list(settings.test_views),
@@ -190,7 +200,10 @@ def _distinct_views(dataset, n_views: int) -> int:
     """Distinct views of the first test sample (warns when some are duplicates)."""
     if n_views == 1 or len(dataset) == 0:
         return 1
-    video = dataset[0]["video"]
+    item = next((it for it in (dataset[i] for i in range(min(len(dataset), 8))) if "video" in it), None)
+    if item is None:  # no readable video among the first ones: the test run reports them
+        return 1
+    video = item["video"]
     if video.dim() == 4:
         return 1
     with warnings.catch_warnings(record=True) as caught:
@@ -210,14 +223,27 @@ def predict_videos(
     topk: int = 5,
     aggregate: str = "logits",
     reverse_frames: bool = False,
+    source: str | None = None,
 ) -> list[dict]:
-    """Top-k classes of each video file, scored on its test views (:func:`load_test_views`)."""
+    """Top-k classes of each video file, scored on its test views (:func:`load_test_views`).
+
+    A video that cannot be read gets ``{"video", "error"}`` instead (the others are still
+    predicted); scores that are not finite are a :class:`CheckpointError` naming ``source``."""
     model.eval()
     k = model.pretrained_cfg.num_classes
     names = class_names if class_names and len(class_names) == k else [str(i) for i in range(k)]
     out = []
     for path in videos:
-        views = load_test_views(path, settings)  # (V, C, T, H, W)
+        try:
+            views = load_test_views(path, settings)  # (V, C, T, H, W)
+        except KinetixError as e:
+            out.append({"video": str(path), "error": str(e)})
+            continue
         scores = predict_views(model, views[None], aggregate, reverse_frames)[0]  # (K,)
+        if not bool(torch.isfinite(scores).all()):
+            raise CheckpointError(
+                f"{source or 'the model'}: gives non-finite scores (NaN/inf) on {path}; its weights "
+                "are broken or overflow at this precision. Use another checkpoint"
+            )
         out.append({"video": str(path), "views": int(views.shape[0]), "top": top_classes(scores, names, topk)})
     return out

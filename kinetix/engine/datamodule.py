@@ -12,6 +12,7 @@ current epoch were consumed in each checkpoint, and a resumed run skips exactly 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import random
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from kinetix.data.datasets import collate_skipping
 from kinetix.data.views import DataSettings
 from kinetix.errors import ConfigError
 
@@ -140,7 +142,8 @@ def fingerprint_files(paths) -> str | None:
 class VideoDataModule(pl.LightningDataModule):
     """Loaders over ready-made datasets (``train``, ``val``, ``test``: map-style, items are dicts
     ``{"video", "label", "index"}``). The task modules build one from a config; ``collate_fn``
-    batches the items (default: stacking; detection: ``collate_detection``)."""
+    batches the items (default: stacking; detection: ``collate_detection``) after
+    :func:`~kinetix.data.datasets.collate_skipping` has taken out the unreadable ones."""
 
     def __init__(
         self,
@@ -176,7 +179,8 @@ class VideoDataModule(pl.LightningDataModule):
             sampler=sampler,
             num_workers=self.num_workers,
             drop_last=drop_last,
-            collate_fn=self.collate_fn,
+            # unreadable samples: evaluation's skipped items are dropped, every bad index reported
+            collate_fn=functools.partial(collate_skipping, collate=self.collate_fn),
             persistent_workers=False,
             pin_memory=False,
         )

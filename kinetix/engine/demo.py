@@ -13,13 +13,21 @@ Expected (Wang et al. 2016 vs Lin et al. 2019; GSM's reversal probe, Sudhakaran 
 averages per-frame scores, so it cannot tell a video from its reverse and sits near 50% on the pair
 classes; temporal models (TSM, GSM, TimeSformer) get them right, and collapse on reversed clips.
 
-Writes ``DIR/report.md``, ``DIR/report.json``, ``DIR/accuracy.png``, ``DIR/curves.png``, the
-data in ``DIR/data`` and every run (checkpoints, confusion matrices) in ``DIR/runs``.
+4. Explain (``explainer``, :func:`kinetix.explain.demo.explain_demo` from ``kinetix demo``): each model's default map (Grad-CAM for the CNNs) on validation
+   clips of the pair classes; the share of the map's mass inside the moving shape's mask (the
+   synthetic generator knows it) against the share of a uniform map (the mask's area), and
+   pictures of one clip per pair class with every model's map.
+
+Writes ``DIR/report.md``, ``DIR/report.html`` (one self-contained page: inline CSS, pictures and
+overlay videos linked by relative paths), ``DIR/report.json``, ``DIR/accuracy.png``,
+``DIR/curves.png``, ``DIR/explain/*.png|mp4``, the data in ``DIR/data`` and every run (checkpoints,
+confusion matrices) in ``DIR/runs``.
 """
 
 from __future__ import annotations
 
 import csv
+import html
 import json
 import shutil
 import time
@@ -161,9 +169,18 @@ def _val_curve(run_dir: Path) -> list[tuple[int, float]]:
 
 
 def run_demo(
-    out_dir: str | Path = "demo_out", mode: str = "full", seed: int = 0, progress: bool = True, log=print
+    out_dir: str | Path = "demo_out",
+    mode: str = "full",
+    seed: int = 0,
+    progress: bool = True,
+    log=print,
+    explainer=None,
 ) -> dict:
-    """Run the demo; returns the report dict (also written to ``out_dir/report.json``)."""
+    """Run the demo; returns the report dict (also written to ``out_dir/report.json``).
+
+    ``explainer(out, synth, results) -> pictures`` (``kinetix demo`` passes
+    :func:`kinetix.explain.demo.explain_demo`; the engine does not import ``kinetix.explain``) adds
+    ``results[model]["explain"]`` and returns the report's picture list."""
 
     if mode not in PRESETS:
         raise ConfigError(f"demo mode must be one of {', '.join(PRESETS)}, got {mode!r}")
@@ -224,11 +241,17 @@ def run_demo(
             f"{entry['normal']['pairs_top1']:.1f}% (time-reversed input: {entry['reversed']['pairs_top1']:.1f}%)"
             f" [{t_train:.0f} s]"
         )
-    log("[3/3] writing the report")
+    log("[3/3] explaining the models and writing the report")
+    t0 = time.time()
+    pictures = explainer(out, synth, results) if explainer is not None else []
+    t_explain = time.time() - t0
     report = _report(out, mode, seed, preset, synth, results, t_data, time.time() - t_start)
+    report["explain"] = pictures
+    report["seconds"]["explain"] = round(t_explain, 1)
     _plots(out, results, curves)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "report.md").write_text(_markdown(report))
+    (out / "report.html").write_text(_html(report), encoding="utf-8")
     log("")
     log(summary_table(report))
     return report
@@ -327,7 +350,102 @@ of the pair-class clips predicted as one of their pair, the share given the righ
 
 Confusion matrices: `runs/<model>/checkpoints/.../eval*/confusion.png`. Reproduce one run with
 `kinetix train` on the config saved in `runs/<model>/config.yaml`.
+{_explain_markdown(report)}"""
+
+
+def _explain_rows(report: dict) -> list[tuple[str, dict]]:
+    return [(m, r["explain"]) for m, r in report["models"].items() if r.get("explain")]
+
+
+def _explain_markdown(report: dict) -> str:
+    rows = _explain_rows(report)
+    if not rows:
+        return ""
+    table = "\n".join(
+        f"| {m} | {e['method']} | {e['clips']} | {e['mask_mass_share']:.1f}% | {e['uniform_share']:.1f}% |"
+        for m, e in rows
+    )
+    pics = "\n\n".join(
+        f"**{p['class']}** (`{p['video']}`): [overlay video]({p['mp4']})\n\n![{p['class']}]({p['png']})"
+        for p in report.get("explain", [])
+    )
+    return f"""
+## What the models look at
+
+`kinetix explain` on validation clips of the pair classes (the predicted class; Grad-CAM for the
+CNNs). The synthetic generator knows where the moving shape is, so the share of each heat map's mass
+inside the shape's mask is measured, beside the share a uniform map would get (the mask's area).
+
+| model | method | clips | heat-map mass inside the shape | uniform map |
+|---|---|---|---|---|
+{table}
+
+{pics}
 """
+
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
+th:first-child,td:first-child{text-align:left}th{background:#f3f3f3}img,video{max-width:100%}
+.pic{margin:1.5em 0}.note{color:#555;font-size:90%}"""
+
+
+def _html(report: dict) -> str:
+    """``report.html``: the report as one page (inline CSS; pictures and videos by relative path)."""
+    e = html.escape
+    ds, c = report["dataset"], report["claim"]
+    names = ds["classes"]
+    head = ("model", "params", "top-1", "reversed-pair classes", "direction within pairs",
+            "top-1, reversed input", "pairs, reversed input", "train s")  # fmt: skip
+    rows = "".join(
+        f"<tr><td>{e(m)}</td><td>{r['params'] / 1e3:.0f} k</td><td>{r['normal']['top1']:.1f}%</td>"
+        f"<td>{r['normal']['pairs_top1']:.1f}%</td><td>{r['normal']['pairs_direction']:.1f}%</td>"
+        f"<td>{r['reversed']['top1']:.1f}%</td><td>{r['reversed']['pairs_top1']:.1f}%</td>"
+        f"<td>{r['train_seconds']:.0f}</td></tr>"
+        for m, r in report["models"].items()
+    )
+    pairs = ", ".join(f"{names[a]} / {names[b]}" for a, b in ds["reversed_pairs"])
+    yes = {True: "yes", False: "no"}
+    parts = [
+        "<h1>kinetix demo: does the model use temporal order?</h1>",
+        f"<p class=note>Mode <code>{e(report['mode'])}</code>, seed {report['seed']}, kinetix "
+        f"{e(report['kinetix'])}, total {report['seconds']['total']:.0f} s.</p>",
+        f"<p>{ds['counts']['videos']} synthetic H.264 videos ({ds['counts']['train']} train / "
+        f"{ds['counts']['val']} val), {len(names)} classes. Time-reversed pairs: {e(pairs)}.</p>",
+        "<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in head) + f"</tr>{rows}</table>",
+        f"<p>Chance: {report['chance']['overall']:.0f}% overall, 50% on the pair classes.</p>",
+        f"<ul><li>TSN's direction within the reversed pairs near chance (35-65%): "
+        f"<b>{yes[c['tsn_pairs_near_chance']]}</b></li><li>temporal models' direction within the "
+        f"reversed pairs at least 90%: <b>{yes[c['temporal_models_at_least_90']]}</b></li></ul>",
+        f'<img src="{e(report["plots"]["accuracy"])}" alt="accuracy">',
+        f'<img src="{e(report["plots"]["curves"])}" alt="validation accuracy per epoch">',
+    ]
+    explained = _explain_rows(report)
+    if explained:
+        table = "".join(
+            f"<tr><td>{e(m)}</td><td>{e(x['method'])}</td><td>{x['clips']}</td>"
+            f"<td>{x['mask_mass_share']:.1f}%</td><td>{x['uniform_share']:.1f}%</td></tr>"
+            for m, x in explained
+        )
+        parts += [
+            "<h2>What the models look at</h2>",
+            "<p>Each model's map (Grad-CAM for the CNNs, for the predicted class) on validation clips "
+            "of the pair classes, and the share of the map's mass inside the moving shape's mask "
+            "(known to the synthetic generator), beside a uniform map's share (the mask's area).</p>",
+            "<table><tr><th>model</th><th>method</th><th>clips</th><th>heat-map mass inside the shape"
+            f"</th><th>uniform map</th></tr>{table}</table>",
+        ]
+        for p in report.get("explain", []):
+            parts.append(
+                f'<div class=pic><h3>{e(p["class"])} <span class=note>({e(p["video"])})</span></h3>'
+                f'<img src="{e(p["png"])}" alt="{e(p["class"])}">'
+                f'<video src="{e(p["mp4"])}" controls loop muted autoplay playsinline></video></div>'
+            )
+    body = "\n".join(parts)
+    return (
+        "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8><title>kinetix demo report</title>"
+        f"<style>{_CSS}</style></head><body>\n{body}\n</body></html>\n"
+    )
 
 
 def _plots(out: Path, results: dict, curves: dict) -> None:

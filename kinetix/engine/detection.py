@@ -37,6 +37,7 @@ from kinetix.data.transforms import detection_transform
 from kinetix.detection import ava
 from kinetix.errors import ConfigError, DatasetError
 
+from .badsamples import BadSampleTracker
 from .datamodule import VideoDataModule, fingerprint_files, resolve_data_settings
 from .task import TaskModule, build_model, load_weights, model_from_checkpoint, resolve_path
 from .trainer import build_trainer
@@ -124,6 +125,8 @@ class DetectionModule(TaskModule):
 
     # evaluation: collect AVA rows, frame-mAP at the end
     def _collect(self, batch) -> None:
+        if "video" not in batch:  # every clip of the batch was unreadable (skipped and counted)
+            return
         outputs = self.eval_model(batch["video"])
         self._det.update(rows_from_outputs(outputs, batch["meta"], self.class_ids))
         self._gt.update(gt_rows(batch, self.class_ids))
@@ -222,18 +225,28 @@ def evaluate(cfg, checkpoint, out_dir, *, trainer_kwargs=None, quiet: bool = Fal
     load_weights(module, checkpoint)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    trainer = build_trainer(cfg, out_dir, stage="test", **(trainer_kwargs or {}))
+    tracker = BadSampleTracker(cfg.data.max_bad_fraction)
+    kwargs = dict(trainer_kwargs or {})
+    kwargs["callbacks"] = [tracker, *kwargs.get("callbacks", [])]
+    trainer = build_trainer(cfg, out_dir, stage="test", **kwargs)
     trainer.test(module, datamodule=dm, verbose=False)
     rows = [(vid, ts, *box, a, s) for (vid, ts), items in sorted(module._det.items()) for box, a, s in items]
     ava.write_csv(out_dir / "predictions.csv", rows)
     ann = resolve_path(cfg, cfg.data.test_ann or cfg.data.val_ann, "data.test_ann")
     labels = {c: module.label_map[c] for c in module.eval_ids}
+    exclusions = resolve_path(cfg, ex["exclusions"], "extra.exclusions")
+    skipped = sorted(tracker.bad["test"])
+    if skipped:  # keyframes whose clip is unreadable are left out of the evaluation, not scored as misses
+        keys = {(k.video_id, int(k.timestamp)) for k in (dm.test_set.keyframes[i] for i in skipped)}
+        keys |= ava.read_exclusions(exclusions) if exclusions else set()
+        exclusions = out_dir / "excluded_unreadable.csv"
+        exclusions.write_text("".join(f"{v},{t}\n" for v, t in sorted(keys)))
     res = ava.evaluate(
-        ann, out_dir / "predictions.csv", labels,
-        exclusions=resolve_path(cfg, ex["exclusions"], "extra.exclusions"),
+        ann, out_dir / "predictions.csv", labels, exclusions=exclusions,
         protocol=ex["protocol"], capacity=ex["capacity"],
     )  # fmt: skip
     res.update(protocol=ex["protocol"], checkpoint=str(checkpoint), report_dir=str(out_dir))
+    res.update(skipped=len(skipped), skipped_videos=sorted(set(tracker.paths(trainer, "test"))))
     lines = ["class_id,name,ap"] + [f"{c},{name},{ap:.4f}" for c, (name, ap) in res["per_class"].items()]
     (out_dir / "per_class.csv").write_text("\n".join(lines) + "\n")
     (out_dir / "metrics.json").write_text(json.dumps(res, indent=2, default=str) + "\n")

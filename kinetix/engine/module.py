@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from kinetix.data.transforms import MixupCutmix
+from kinetix.errors import CheckpointError
 
 from .datamodule import derive_seed
 from .metrics import ClassificationMeter
@@ -86,6 +87,8 @@ class ClassificationModule(TaskModule):
         self.val_meter.reset()
 
     def validation_step(self, batch, batch_idx):
+        if "video" not in batch:  # every video of the batch was unreadable (skipped and counted)
+            return
         scores = self._scores(batch)
         self.val_meter.update(scores, batch["label"])
         loss = F.cross_entropy(scores.float(), batch["label"])
@@ -108,7 +111,15 @@ class ClassificationModule(TaskModule):
         self._test_parts = []
 
     def test_step(self, batch, batch_idx):
+        if "video" not in batch:
+            return
         scores = self._scores(batch)
+        if not bool(torch.isfinite(scores).all()):
+            raise CheckpointError(
+                f"{self.meta.get('checkpoint', 'the checkpoint')}: gives non-finite scores (NaN/inf); its "
+                "weights are broken or overflow at this precision (try train.precision=32-true). "
+                "Use another checkpoint"
+            )
         self.test_meter.update(scores, batch["label"])
         index = batch.get("index")
         if index is None:  # datasets without an index: batches come in order (no shuffling in test)

@@ -8,26 +8,40 @@ schedule are shared and set up here.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
 
-from kinetix.config import config_to_yaml
-from kinetix.errors import ConfigError
+from kinetix.config import config_from_dict, config_to_dict, config_to_yaml
+from kinetix.errors import CheckpointError, ConfigError
 from kinetix.models import create_model
 
 from . import classification, detection
-from .checkpoint import PeriodicCheckpoint, resolve_checkpoint
+from .badsamples import BadSampleTracker
+from .checkpoint import MANIFEST, PeriodicCheckpoint, read_checkpoint, read_manifest, resolve_checkpoint
 from .datamodule import resolve_data_settings
 from .optim import KeepRateSchedule
 from .task import checkpoint_config, load_weights, model_from_checkpoint
-from .trainer import RUN_DIR_ENV, build_trainer, make_run_dir, quiet_lightning
+from .trainer import RUN_DIR_ENV, build_trainer, check_devices, make_run_dir, quiet_lightning, warn_short_run
 
 TASKS = {"classification": classification, "detection": detection}
+log = logging.getLogger(__name__)
 
-__all__ = ["TASKS", "checkpoint_config", "fit", "load_weights", "make_run_dir", "predict", "task_module", "test"]
+__all__ = [
+    "TASKS",
+    "checkpoint_config",
+    "config_differences",
+    "fit",
+    "load_weights",
+    "make_run_dir",
+    "predict",
+    "saved_config",
+    "task_module",
+    "test",
+]
 
 
 def task_module(cfg):
@@ -42,7 +56,10 @@ def fit(cfg, resume: str | Path | None = None, callbacks=(), **trainer_overrides
     """Train from a config; ``resume`` continues a run from a checkpoint folder or a run folder
     (its latest checkpoint).
 
-    Returns ``{"run_dir", "checkpoint", "best", "metrics", "module", "trainer"}``."""
+    Resuming, the checkpoint is read whole and checked against the config's model before anything
+    is written; differences from the config it was trained with are logged, every one of them.
+
+    Returns ``{"run_dir", "checkpoint", "best", "metrics", "bad_samples", "module", "trainer"}``."""
     quiet_lightning()
     owns_env = RUN_DIR_ENV not in os.environ  # this process launches; DDP children inherit it
     try:
@@ -53,22 +70,38 @@ def fit(cfg, resume: str | Path | None = None, callbacks=(), **trainer_overrides
 
 
 def _fit(cfg, resume, callbacks, **trainer_overrides) -> dict:
+    # everything that can be refused is checked before anything is written
+    check_devices(cfg)
+    warn_short_run(cfg)
     task = task_module(cfg)
     ckpt = resolve_checkpoint(resume) if resume is not None else None
+    state = None
     if ckpt is not None:
-        run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-    else:
-        run_dir = make_run_dir(cfg)
-    os.environ.setdefault(RUN_DIR_ENV, str(run_dir))  # DDP children inherit it; fit() removes it
+        state = read_checkpoint(ckpt)  # every file of it readable (no code unpickled)
+        differences = config_differences(saved_config(ckpt), cfg)
+        if differences:
+            log.warning(
+                "resuming %s with a config that differs from the one it was trained with:\n  %s",
+                ckpt, "\n  ".join(differences),
+            )  # fmt: skip
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     module, dm = task.build(cfg, "fit")
+    if state is not None:
+        check_state_fits(module, state["state_dict"], ckpt)
+        del state
+    if ckpt is not None and ckpt.parent.name == "checkpoints":
+        run_dir = ckpt.parent.parent  # continue the run in its own folder
+    else:  # a new run (or a standalone checkpoint folder: never written into, nor beside)
+        run_dir = make_run_dir(cfg)
+    os.environ.setdefault(RUN_DIR_ENV, str(run_dir))  # DDP children inherit it; fit() removes it
     ckpt_dir = run_dir / "checkpoints"
     module.meta["checkpoint_dir"] = str(ckpt_dir)
     saver = PeriodicCheckpoint(ckpt_dir, cfg.train.checkpoint_every_n_steps, cfg.train.keep_last, task.MONITOR)
     start, shrink = cfg.schedule.keep_rate_start_epochs, cfg.schedule.keep_rate_shrink_epochs
     if start or shrink:  # ahead of the user's callbacks
         callbacks = [KeepRateSchedule(start, shrink), *callbacks]
-    trainer = build_trainer(cfg, run_dir, "fit", [saver, *callbacks], **trainer_overrides)
+    tracker = BadSampleTracker(cfg.data.max_bad_fraction)
+    trainer = build_trainer(cfg, run_dir, "fit", [saver, tracker, *callbacks], **trainer_overrides)
     if trainer.is_global_zero:
         name = "config.yaml" if ckpt is None else f"config-resume-{ckpt.name}.yaml"
         (run_dir / name).write_text(config_to_yaml(cfg))
@@ -80,9 +113,63 @@ def _fit(cfg, resume, callbacks, **trainer_overrides) -> dict:
         "checkpoint": resolve_checkpoint(ckpt_dir) if trainer.is_global_zero else None,
         "best": best if best.exists() else None,
         "metrics": metrics,
+        "bad_samples": {k: v for k, v in tracker.counts().items() if k != "test"},
         "module": module,
         "trainer": trainer,
     }
+
+
+def saved_config(checkpoint: str | Path):
+    """The resolved config a checkpoint was trained with (its manifest's copy)."""
+    ckpt = resolve_checkpoint(checkpoint)
+    data = read_manifest(ckpt).get("config")
+    if not isinstance(data, dict) or not data:
+        raise CheckpointError(f"{ckpt / MANIFEST}: holds no config; the checkpoint was not written by kinetix train")
+    return config_from_dict(data, str(ckpt / MANIFEST))
+
+
+_RUN_ONLY_KEYS = {"train.progress_bar", "train.output_dir", "train.name", "data.num_workers"}
+
+
+def config_differences(saved, given) -> list[str]:
+    """``"key: saved -> given"`` for every key whose value differs (keys that do not change what
+    is trained, such as the progress bar or the number of loader workers, are left out)."""
+
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            if isinstance(v, dict) and k not in ("kwargs", "extra", "flip_label_map"):
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = v
+        return out
+
+    a, b = flat(config_to_dict(saved)), flat(config_to_dict(given))
+    keys = [k for k in dict.fromkeys([*a, *b]) if a.get(k) != b.get(k) and k not in _RUN_ONLY_KEYS]
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys]
+
+
+def check_state_fits(module, state_dict: dict, source) -> None:
+    """``CheckpointError`` listing what does not fit when a training checkpoint's weights are not
+    those of ``module`` (another model, other arguments)."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    shapes = sorted(
+        f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}"
+        for k in set(own) & set(state_dict)
+        if own[k].shape != state_dict[k].shape
+    )
+    if missing or unexpected or shapes:
+        parts = [
+            f"{what}: {', '.join(keys[:6])}{f', ... ({len(keys)} in all)' if len(keys) > 6 else ''}"
+            for what, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes))
+            if keys
+        ]
+        raise CheckpointError(
+            f"{source}: does not fit the model of this config ({module.cfg.model.name}): "
+            f"{'; '.join(parts)}. Resume with the config the run was trained with"
+        )
 
 
 def default_report_dir(cfg, checkpoint: str | Path) -> Path:
@@ -117,7 +204,7 @@ def predict(
     Views, aggregation and test views are the checkpoint config's (``eval.*``) unless given, so
     ``predict`` scores a video exactly as ``test`` scores it."""
     missing = [str(v) for v in videos if not Path(v).exists()]
-    if missing:
+    if missing and len(missing) == len(videos):  # (some missing: each is reported, the rest predicted)
         raise ConfigError(f"no such video: {', '.join(missing)}")
     if checkpoint is None and model_name is None:
         raise ConfigError("pass checkpoint=CKPT (a trained kinetix checkpoint) or model_name=NAME")
@@ -129,4 +216,5 @@ def predict(
     if views is not None:
         settings = settings.with_views(views)
     aggregate = aggregate or (cfg.eval.aggregate if cfg else "logits")
-    return classification.predict_videos(model, videos, settings, class_names, topk, aggregate)
+    source = str(checkpoint) if checkpoint is not None else f"{model_name} (published weights)"
+    return classification.predict_videos(model, videos, settings, class_names, topk, aggregate, source=source)

@@ -16,7 +16,6 @@ What every task shares lives here and nowhere else:
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -28,9 +27,9 @@ from kinetix.config import config_from_dict, config_to_dict, config_to_yaml
 from kinetix.errors import CheckpointError, ConfigError, KinetixError
 from kinetix.layers.partial_bn import set_partial_bn
 from kinetix.models import create_model, load_checkpoint
-from kinetix.utils.state_dict import read_safetensors_metadata
+from kinetix.utils.state_dict import read_metadata_json, read_safetensors_metadata
 
-from .checkpoint import EMA_FILE, MODEL_FILE, read_manifest, resolve_checkpoint
+from .checkpoint import EMA_FILE, MODEL_FILE, list_checkpoints, read_manifest, resolve_checkpoint
 from .datamodule import derive_seed
 from .ema import ModelEMA
 from .optim import build_optimizer, build_scheduler
@@ -45,11 +44,16 @@ def resolve_path(cfg, value, key: str, must_exist: bool = True) -> Path | None:
     if value is None:
         return None
     p = Path(value)
-    if not p.is_absolute() and not p.exists() and cfg.data.root:
-        p = Path(cfg.data.root) / p
-    if must_exist and not p.exists():
-        raise ConfigError(f"{key}: {p}: no such file or folder")
-    return p
+    tried = [p]
+    root = Path(cfg.data.root) if cfg.data.root else None
+    # a relative path that already starts with data.root is not joined to it again
+    if root is not None and not p.is_absolute() and not p.exists() and not p.is_relative_to(root):
+        tried.append(root / p)
+    found = next((t for t in tried if t.exists()), None)
+    if found is None and must_exist:
+        where = " or ".join(str(t) for t in tried)
+        raise ConfigError(f"{key}: no such file or folder: {where} (relative to {Path.cwd()}); set {key} to its path")
+    return found or tried[-1]
 
 
 def build_model(cfg, num_classes: int | None) -> nn.Module:
@@ -135,13 +139,7 @@ class TaskModule(pl.LightningModule):
         if self.trainer.world_size > 1:
             bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
         if bad:
-            ckpts = self.meta.get("checkpoint_dir", "the run's checkpoints/ folder")
-            raise TrainingDivergedError(
-                f"loss is {loss.item()} at epoch {self.current_epoch}, step {self.global_step}: training "
-                f"stopped before this update; the last good checkpoint is intact in {ckpts}. Lower "
-                "optim.lr, add warm-up (schedule.warmup_epochs), set train.gradient_clip_val, or use "
-                "train.precision=32-true, then resume with --resume."
-            )
+            raise TrainingDivergedError(diverged_message(self, loss))
 
     def optimizer_step(self, *args, **kwargs):
         super().optimizer_step(*args, **kwargs)
@@ -157,6 +155,29 @@ class TaskModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["kinetix"] = checkpoint_metadata(self)
+
+
+def diverged_message(module: TaskModule, loss: torch.Tensor) -> str:
+    """What happened, what is left on disk (only what really is) and what to change (only settings
+    that are not already so)."""
+    cfg = module.cfg
+    ckpt_dir = module.meta.get("checkpoint_dir")
+    found = list_checkpoints(ckpt_dir) if ckpt_dir else []
+    if found:
+        kept = f"the last good checkpoint is {found[-1]} (resume from it with --resume)"
+    else:
+        kept = "no checkpoint was written before this step, so a new run has to start from scratch"
+    fixes = [f"lower optim.lr (now {cfg.optim.lr:g})"]
+    if not cfg.schedule.warmup_epochs:
+        fixes.append("add warm-up (schedule.warmup_epochs)")
+    if cfg.train.gradient_clip_val is None:
+        fixes.append("set train.gradient_clip_val")
+    if cfg.train.precision not in ("32-true", "32", "64-true", "64"):
+        fixes.append(f"use train.precision=32-true (now {cfg.train.precision})")
+    return (
+        f"loss is {loss.item()} at epoch {module.current_epoch}, step {module.global_step}: training "
+        f"stopped before this update; {kept}. To fix it: {', '.join(fixes)}"
+    )
 
 
 def checkpoint_metadata(module: TaskModule) -> dict:
@@ -204,18 +225,21 @@ def checkpoint_config(checkpoint: str | Path):
     """The resolved config stored in a checkpoint (folder, run folder or ``.safetensors`` file)."""
     path = Path(checkpoint)
     if path.is_file():
-        cfg = json.loads(_metadata(path).get("config") or "{}")
+        cfg = read_metadata_json(path, "config", dict, _metadata(path))
         if not cfg:
             raise CheckpointError(f"{path}: carries no kinetix config; pass a config file or --model")
         return config_from_dict(cfg, str(path))
-    return config_from_dict(read_manifest(path)["config"], str(resolve_checkpoint(path) / "manifest.json"))
+    data = read_manifest(path).get("config")
+    if not isinstance(data, dict) or not data:
+        raise CheckpointError(f"{resolve_checkpoint(path) / 'manifest.json'}: holds no kinetix config")
+    return config_from_dict(data, str(resolve_checkpoint(path) / "manifest.json"))
 
 
 def checkpoint_class_names(checkpoint: str | Path) -> list[str] | None:
     """Class names stored with a checkpoint (folder manifest or weights-file metadata), if any."""
     path = Path(checkpoint)
     if path.is_file():
-        names = json.loads(_metadata(path).get("class_names") or "null")
+        names = read_metadata_json(path, "class_names", list, _metadata(path))
     else:
         names = read_manifest(path).get("class_names")
     return list(names) if names else None
@@ -230,9 +254,9 @@ def model_from_checkpoint(checkpoint: str | Path, model_name: str | None = None)
     is). A checkpoint trained with ``train.ema`` gives its EMA weights, as ``kinetix test`` does."""
     weights = _weights_file(checkpoint)
     meta = _metadata(weights)
-    cfg_dict = json.loads(meta.get("config") or "{}")
+    cfg_dict = read_metadata_json(weights, "config", dict, meta)
     cfg = config_from_dict(cfg_dict, str(weights)) if cfg_dict else None
-    names = json.loads(meta.get("class_names") or "null") or None
+    names = read_metadata_json(weights, "class_names", list, meta) or None
     name = model_name or (cfg.model.name if cfg is not None else None)
     if name is None:
         raise CheckpointError(

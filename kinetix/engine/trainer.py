@@ -20,12 +20,15 @@ import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Checkpoint
 
 from kinetix.errors import ConfigError
 
 from .checkpoint import KinetixCheckpointIO
 
 RUN_DIR_ENV = "KINETIX_RUN_DIR"  # shared by DDP ranks launched by Lightning
+log = logging.getLogger(__name__)
 
 
 def launched_externally() -> bool:
@@ -40,7 +43,15 @@ def make_run_dir(cfg) -> Path:
     uses ``output_dir/name`` as is (give each run its own name)."""
     if os.environ.get(RUN_DIR_ENV):
         return Path(os.environ[RUN_DIR_ENV])
-    base = Path(cfg.train.output_dir) / cfg.train.name
+    out = Path(cfg.train.output_dir)
+    blocking = next((q for q in (out, *out.parents) if q.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise ConfigError(
+            f"train.output_dir: {out}: {blocking} is a file, not a folder; point train.output_dir at a folder"
+        )
+    base = out / cfg.train.name
+    if base.exists() and not base.is_dir():
+        raise ConfigError(f"train.name: {base} is a file, not a run folder; choose another train.name")
     run_dir = base
     if not launched_externally():
         v = 0
@@ -85,11 +96,47 @@ def build_logger(name: str, run_dir: Path):
         raise ConfigError(f"train.loggers: {cls_name} needs `pip install {e.name}`") from None
 
 
+def check_devices(cfg) -> None:
+    """Several devices asked for without a GPU: on CPU each "device" is a whole training process
+    (memory times N), which is never what ``devices: 8`` meant on a GPU config."""
+    t = cfg.train
+    many = t.devices == -1 or (isinstance(t.devices, int) and t.devices > 1)
+    if many and t.accelerator in ("auto", "gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"train.devices={t.devices} with train.accelerator={t.accelerator}, but no GPU is present "
+            "(torch.cuda.is_available() is False). Set train.devices=1 to train on the CPU, or "
+            f"train.accelerator=cpu and train.strategy=ddp to run {t.devices} CPU processes on purpose"
+        )
+
+
+def warn_short_run(cfg) -> list[str]:
+    """Warnings (logged, and returned) for a run too short to do what its config implies."""
+    t, sch = cfg.train, cfg.schedule
+    msgs = []
+    if cfg.data.val_ann and t.epochs < t.val_every_n_epochs:
+        msgs.append(
+            f"train.epochs={t.epochs} is shorter than train.val_every_n_epochs={t.val_every_n_epochs}: "
+            "nothing will be validated and no `best` checkpoint written"
+        )
+    warmup = sch.keep_rate_start_epochs + sch.keep_rate_shrink_epochs
+    if warmup and t.epochs <= warmup:
+        msgs.append(
+            f"train.epochs={t.epochs} ends within the keep-rate warm-up (schedule.keep_rate_start_epochs"
+            f" + keep_rate_shrink_epochs = {warmup:g}): the model never trains at its target "
+            "model.kwargs.keep_rate, and checkpoints are evaluated at another keep rate than it will use"
+        )
+    for m in msgs:
+        log.warning(m)
+    return msgs
+
+
 def build_trainer(cfg, run_dir: Path, stage: str = "fit", callbacks=(), **overrides) -> pl.Trainer:
     """A ``Trainer`` for ``stage`` (``fit``: devices/nodes/strategy and loggers of the config;
     ``test``: one device, no logger). ``overrides`` go to the ``Trainer`` as they are."""
     t = cfg.train
     fit = stage == "fit"
+    if fit:
+        check_devices(cfg)
     loggers = [build_logger(n, run_dir) for n in _logger_names(t.loggers)] if fit else []
     kwargs = dict(
         accelerator=t.accelerator,
@@ -102,7 +149,9 @@ def build_trainer(cfg, run_dir: Path, stage: str = "fit", callbacks=(), **overri
         gradient_clip_val=t.gradient_clip_val,
         check_val_every_n_epoch=t.val_every_n_epochs,
         log_every_n_steps=t.log_every_n_steps,
-        enable_checkpointing=False,  # kinetix's PeriodicCheckpoint does it (safetensors, atomic)
+        # kinetix's PeriodicCheckpoint (a Checkpoint callback, so Lightning runs it after the other
+        # callbacks) writes the checkpoints: safetensors, atomically; Lightning adds none of its own
+        enable_checkpointing=any(isinstance(c, Checkpoint) for c in callbacks),
         enable_progress_bar=t.progress_bar,
         enable_model_summary=False,
         num_sanity_val_steps=0,

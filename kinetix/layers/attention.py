@@ -9,9 +9,17 @@ and ``proj``. ``qv_bias_only=True`` is the VideoMAE/BEiT form: ``qkv`` has no bi
 ``q_bias``/``v_bias`` parameters are used (the key bias is fixed at zero).
 
 Shapes: ``forward``: ``(B, N, C) -> (B, N, C)``; ``qkv_heads``: ``(B, N, C) -> 3 x (B, heads, N, C/heads)``.
+
+Attention probabilities for explanations (``kinetix.explain``): inside :func:`record_attention`, every
+``Attention`` of a model computes ``softmax(q k^T * scale + mask)`` explicitly, appends it (averaged
+over heads unless asked otherwise) to a call log and multiplies it with ``v``; outside, ``sdpa`` runs
+``F.scaled_dot_product_attention`` unchanged (the only extra work is one ``is None`` check).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
@@ -43,6 +51,7 @@ class Attention(nn.Module):
         self.attn_drop = attn_drop
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
+        self.probs_log: AttentionLog | None = None  # set by record_attention only
 
     def qkv_packed(self, x: torch.Tensor) -> torch.Tensor:
         """``(..., C) -> (..., 3, heads, head_dim)`` (a view of one GEMM's output)."""
@@ -59,8 +68,20 @@ class Attention(nn.Module):
 
     def sdpa(self, q, k, v, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Scaled dot-product attention on ``(..., heads, L, head_dim)`` tensors."""
+        if self.probs_log is not None:
+            return self._explicit(q, k, v, attn_mask)
         p = self.attn_drop if self.training else 0.0
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p, scale=self.scale)
+
+    def _explicit(self, q, k, v, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        """``sdpa`` with the probabilities materialised and logged: ``(..., heads, L, S)``."""
+        s = (q @ k.transpose(-2, -1)) * self.scale  # (..., heads, L, S)
+        if attn_mask is not None:
+            s = s.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else s + attn_mask
+        probs = s.softmax(-1)
+        self.probs_log.add(self, probs)
+        p = self.attn_drop if self.training else 0.0
+        return F.dropout(probs, p) @ v if p else probs @ v  # (..., heads, L, head_dim)
 
     def attend(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Multi-head attention before the output projection: ``(B, N, C) -> (B, N, C)``."""
@@ -74,3 +95,39 @@ class Attention(nn.Module):
 
     def extra_repr(self) -> str:
         return f"num_heads={self.num_heads}, head_dim={self.head_dim}"
+
+
+class AttentionLog:
+    """The attention probabilities of every :class:`Attention` call inside :func:`record_attention`.
+
+    ``calls``: ``[(module_name, probs), ...]`` in call order; ``probs`` is ``(..., L, S)`` averaged
+    over heads (``mean_heads=True``, head axis removed) or ``(..., heads, L, S)``; a module called
+    twice in one forward (e.g. ViViT Model 4's time and space heads) appears twice."""
+
+    def __init__(self, names: dict[int, str], mean_heads: bool = True, detach: bool = True):
+        self.calls: list[tuple[str, torch.Tensor]] = []
+        self._names, self.mean_heads, self.detach = names, mean_heads, detach
+
+    def add(self, module: Attention, probs: torch.Tensor) -> None:
+        p = probs.detach() if self.detach else probs
+        self.calls.append((self._names[id(module)], p.mean(-3) if self.mean_heads else p))
+
+    def of(self, name: str) -> list[torch.Tensor]:
+        """The probabilities logged by the module called ``name``, in call order."""
+        return [p for n, p in self.calls if n == name]
+
+
+@contextmanager
+def record_attention(model: nn.Module, mean_heads: bool = True, detach: bool = True) -> Iterator[AttentionLog]:
+    """Within the block, every :class:`Attention` in ``model`` computes its probabilities explicitly
+    and logs them (:class:`AttentionLog`); the outputs equal the SDPA path's up to rounding. Restores
+    the SDPA path on exit, also after an error."""
+    mods = {n: m for n, m in model.named_modules() if isinstance(m, Attention)}
+    log = AttentionLog({id(m): n for n, m in mods.items()}, mean_heads, detach)
+    for m in mods.values():
+        m.probs_log = log
+    try:
+        yield log
+    finally:
+        for m in mods.values():
+            m.probs_log = None

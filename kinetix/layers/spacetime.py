@@ -24,6 +24,12 @@ whole clip) uses ``norm1``/``attn``; extra stages are ``temporal_norm1``/``tempo
 ``width_*`` (axial) and ``local_*`` (L+G). Every ``*_fc`` starts at zero, so at initialisation each
 block equals a block with its last attention stage only (image-ViT initialisation keeps working).
 
+Stochastic depth (training): a stage that attends along some grid axes draws one keep/drop per
+attention group, as the official TimeSformer applies ``DropPath`` to the folded batch (per (b, h, w)
+in the temporal step, per (b, t) in the spatial step, where the CLS copy of frame t shares frame t's
+draw before the CLS residuals are averaged); stages over the whole clip (joint, L+G, factorised
+dot-product) and the MLP draw once per sample.
+
 Input ``x``: ``(B, P + N, C)`` with ``P = num_prefix_tokens`` (CLS) first and ``N = T*H*W`` patch
 tokens in ``layout`` order: ``"space_major"`` (``(h w t)``, official TimeSformer) or ``"time_major"``
 (``(t h w)``, ViViT/VideoMAE); ``grid = (T, H, W)`` in tokens. Output: same shape. The scheme is
@@ -95,14 +101,20 @@ def local_global_mask(
 
 
 def axis_sdpa(
-    attn: Attention, qkv: torch.Tensor, dims: tuple[int, ...], prefix_qkv: torch.Tensor | None = None
+    attn: Attention,
+    qkv: torch.Tensor,
+    dims: tuple[int, ...],
+    prefix_qkv: torch.Tensor | None = None,
+    mean_prefix: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Attention along some grid dims of a 5D token view; the other grid dims act as batch.
 
     ``qkv``: ``(B, d1, d2, d3, 3, h, hd)`` (``attn.qkv_packed`` of the patch view, possibly a head
     slice); ``dims``: adjacent grid dims (1..3) to attend over. ``prefix_qkv``: ``(B, P, 3, h, hd)``
-    tokens prepended to every group; their outputs are averaged over the groups.
-    Returns the attention outputs before ``proj``: ``(B, d1, d2, d3, h, hd)`` and ``(B, P, h, hd)``.
+    tokens prepended to every group; their outputs are averaged over the groups (``mean_prefix``) or
+    returned per group.
+    Returns the attention outputs before ``proj``: ``(B, d1, d2, d3, h, hd)`` and ``(B, P, h, hd)``
+    (per group: ``(B, *G, P, h, hd)``, ``G`` the grid dims not in ``dims``, in order).
     """
     B, *g, _, nh, hd = qkv.shape
     others = tuple(d for d in (1, 2, 3) if d not in dims)
@@ -116,7 +128,9 @@ def axis_sdpa(
         qkv = torch.cat([pq, qkv], -2)  # (3, B, *G, h, P+L, hd)
     q, k, v = qkv.reshape(3, -1, nh, P + L, hd).unbind(0)  # the one copy: 3 x (B*G, h, P+L, hd)
     o = attn.sdpa(q, k, v).view(B, *G, nh, P + L, hd)
-    po = o[..., :P, :].mean(tuple(range(1, 1 + len(G)))).transpose(1, 2) if P else None  # (B, P, h, hd)
+    po = o[..., :P, :].transpose(-3, -2) if P else None  # (B, *G, P, h, hd)
+    if P and mean_prefix:
+        po = po.mean(tuple(range(1, 1 + len(G))))  # (B, P, h, hd)
     o = o[..., P:, :].unflatten(-2, [g[d - 1] for d in dims])  # (B, *G, h, *Ldims, hd)
     pos = {d: 1 + i for i, d in enumerate(others)} | {d: 2 + len(G) + i for i, d in enumerate(dims)}
     o = o.permute(0, pos[1], pos[2], pos[3], 1 + len(G), o.ndim - 1)  # (B, d1, d2, d3, h, hd)
@@ -259,16 +273,19 @@ class SpaceTimeBlock(nn.Module):
         return partial(self._run_axis, norm, attn, lin, dims, with_prefix)
 
     # ---- stage execution -------------------------------------------------------------------------
-    def _keep(self, x: torch.Tensor) -> torch.Tensor | None:
-        """Per-sample stochastic-depth scale ``(B,)`` shared by the prefix and patch residuals."""
+    def _keep(self, x: torch.Tensor, shape: tuple[int, ...] | None = None) -> torch.Tensor | None:
+        """Stochastic-depth scale (0 or ``1/(1-p)``), ``None`` when off. Default: per sample,
+        ``(B, 1, ..., 1)`` broadcasting over ``x`` (shared by the prefix and patch tokens of a stage
+        over the whole clip); ``shape``: one draw per element of that shape (per attention group)."""
         p = self.drop_path.drop_prob
         if not self.training or p == 0.0:
             return None
-        return x.new_empty(x.shape[0]).bernoulli_(1.0 - p).div_(1.0 - p)
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1) if shape is None else shape
+        return x.new_empty(shape).bernoulli_(1.0 - p).div_(1.0 - p)
 
     @staticmethod
     def _scale(res: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
-        return res if keep is None else res * keep.view(-1, *([1] * (res.ndim - 1)))
+        return res if keep is None else res * keep
 
     def _add_branch(self, x, h, attn, lin, keep, out=None):
         """``x + lin(proj(h))`` (``lin`` optional) with stochastic depth, written to ``out`` if given;
@@ -308,18 +325,26 @@ class SpaceTimeBlock(nn.Module):
     def _run_axis(self, norm, attn, lin, dims, with_prefix, x, grid):
         cls, xp = patch_view(x, grid, self.layout, self.num_prefix_tokens)  # (B, P, C), (B, d1, d2, d3, C)
         pqkv = attn.qkv_packed(norm(cls)) if with_prefix and cls.shape[1] else None
+        # stochastic depth per attention group, as the official TimeSformer applies DropPath to the
+        # folded batch: per (b, h, w) over time, per (b, t) over space; (B, d1', d2', d3', 1) with the
+        # attended dims of size 1
+        keep = self._keep(x, (*(1 if d in dims else n for d, n in enumerate(xp.shape[:-1])), 1))
         o, po = axis_sdpa(
-            attn, attn.qkv_packed(norm(xp)), dims, pqkv
-        )  # (B, d1, d2, d3, h, hd), (B, P, h, hd)
-        keep = self._keep(x)
+            attn, attn.qkv_packed(norm(xp)), dims, pqkv, mean_prefix=keep is None
+        )  # (B, d1, d2, d3, h, hd), (B, P, h, hd) or per group (B, *G, P, h, hd)
         y = torch.empty_like(x, memory_format=torch.contiguous_format)  # written in two parts: no cat
         y_p = patch_view(y, grid, self.layout, cls.shape[1])[1]
         self._add_branch(xp, o.flatten(-2), attn, lin, keep, out=y_p)
         y_cls = y[:, : cls.shape[1]]  # (B, P, C), viewed after the first write (autograd: y is no leaf now)
-        if po is not None:
-            self._add_branch(cls, po.flatten(-2), attn, lin, keep, out=y_cls)  # (B, P, C)
-        else:
+        if po is None:
             y_cls.copy_(cls)
+        elif keep is None:
+            self._add_branch(cls, po.flatten(-2), attn, lin, None, out=y_cls)  # (B, P, C)
+        else:  # each group's prefix residual takes its group's draw, then the groups are averaged
+            G = [n for d, n in enumerate(keep.shape[1:-1], 1) if d not in dims]
+            res = attn.proj_drop(attn.proj(po.flatten(-2))) * keep.reshape(-1, *G, 1, 1)  # (B, *G, P, C)
+            res = res.mean(tuple(range(1, 1 + len(G))))  # (B, P, C)
+            y_cls.copy_(cls + (lin(res) if lin is not None else res))
         return y
 
     def _run_factorised_dot(self, tdims, sdims, x, grid):
@@ -329,7 +354,7 @@ class SpaceTimeBlock(nn.Module):
         outs = [axis_sdpa(self.attn, qkv[..., :nt, :], tdims)[0]] if nt else []
         outs += [axis_sdpa(self.attn, qkv[..., nt:, :], sdims)[0]] if nt < self.attn.num_heads else []
         o = torch.cat(outs, -2) if len(outs) > 1 else outs[0]  # (B, d1, d2, d3, h, hd)
-        return self._add_branch(xp, o.flatten(-2), self.attn, None, self._keep(x)).flatten(1, 3)
+        return self._add_branch(xp, o.flatten(-2), self.attn, None, self._keep(xp)).flatten(1, 3)
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int, int] | None = None) -> torch.Tensor:
         """``x``: ``(B, P + T*H*W, C)``; ``grid``: ``(T, H, W)`` token grid (unused by ``"joint"``)."""

@@ -16,6 +16,9 @@ so a 2D backbone gets temporal modelling by putting one in a block's slot (docs/
   (query at integer positions) attends to a KxK deformable neighbourhood of frame t+1 (keys = values),
   weights = channel-mean dot products (no softmax), offsets predicted from frame t+1's motion
   saliency; the last frame receives nothing. These work on ``(N, C, T, H, W)``.
+- :class:`NonLocal3D` — embedded-Gaussian non-local block (Wang et al., "Non-local Neural
+  Networks", CVPR 2018) over all ``T*H*W`` positions of a clip, as TSM's ``ops/non_local.py``
+  (keys/values max-pooled 2x2, zero-initialised output BN: identity at initialisation).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import torch.nn.functional as F
 __all__ = [
     "GateShift",
     "InterFrameAttention",
+    "NonLocal3D",
     "TemporalShift",
     "inter_frame_attention",
     "motion_saliency",
@@ -336,28 +340,37 @@ def _sampling_grid(offset: torch.Tensor, kernel_size: int, dilation: int, h: int
 
 
 def inter_frame_attention(
-    f: torch.Tensor, offset: torch.Tensor, kernel_size: int = 3, dilation: int = 1
+    f: torch.Tensor, offset: torch.Tensor, kernel_size: int = 3, dilation: int = 1, last_frame: str = "none"
 ) -> torch.Tensor:
     """SIFA deformable inter-frame aggregation (released-code semantics), pure PyTorch.
 
     Args:
         f: features ``(N, C, T, H, W)`` (query = key = value, no projections).
         offset: ``(N, 2K², T, H, W)``; ``offset[:, :, t]`` deforms the taps sampled from frame t.
+        last_frame: ``"none"`` (released: the last frame gets zeros) or ``"self"`` (the paper: the
+            last frame attends to its own deformed neighbourhood, with its own offsets).
     Returns:
         ``(N, C, T, H, W)``: frame t gets ``sum_k w_k * f_{t+1}(p + p_k + Δp_k)`` with
-        ``w_k = mean_c f_t(p) * f_{t+1}(p + p_k + Δp_k)``; the last frame gets zeros.
-        (The released block adds this to ``f``.)
+        ``w_k = mean_c f_t(p) * f_{t+1}(p + p_k + Δp_k)``. (The released block adds this to ``f``.)
     """
+    if last_frame not in ("none", "self"):
+        raise ValueError(f"last_frame must be 'none' or 'self', got {last_frame!r}")
     n, c, t, h, w = f.shape
     k2 = kernel_size * kernel_size
-    grid = _sampling_grid(offset[:, :, 1:], kernel_size, dilation, h, w)  # keys: frames 1..T-1
-    src = f[:, :, 1:].transpose(1, 2).reshape(n * (t - 1), c, h, w)  # (N*(T-1), C, H, W)
+    if last_frame == "self":  # keys: frames 1..T-1 then T-1 again; queries: every frame
+        keys, queries = torch.cat([f[:, :, 1:], f[:, :, -1:]], 2), f
+        offset = torch.cat([offset[:, :, 1:], offset[:, :, -1:]], 2)
+    else:  # keys: frames 1..T-1; queries: frames 0..T-2
+        keys, queries, offset = f[:, :, 1:], f[:, :, :-1], offset[:, :, 1:]
+    tk = keys.shape[2]
+    grid = _sampling_grid(offset, kernel_size, dilation, h, w)
+    src = keys.transpose(1, 2).reshape(n * tk, c, h, w)  # (N*Tk, C, H, W)
     v = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-    v = v.view(n, t - 1, c, k2, h, w)  # sampled keys/values of frame t+1
-    q = f[:, :, :-1].transpose(1, 2).unsqueeze(3)  # queries: frames 0..T-2, (N, T-1, C, 1, H, W)
-    weight = (q * v).mean(2, keepdim=True)  # (N, T-1, 1, K², H, W): 1/C dot product, no softmax
-    agg = (weight * v).sum(3).transpose(1, 2)  # (N, C, T-1, H, W)
-    return F.pad(agg, (0, 0, 0, 0, 0, 1))  # last frame: nothing
+    v = v.view(n, tk, c, k2, h, w)  # sampled keys/values of frame t+1
+    q = queries.transpose(1, 2).unsqueeze(3)  # (N, Tk, C, 1, H, W)
+    weight = (q * v).mean(2, keepdim=True)  # (N, Tk, 1, K², H, W): 1/C dot product, no softmax
+    agg = (weight * v).sum(3).transpose(1, 2)  # (N, C, Tk, H, W)
+    return agg if tk == t else F.pad(agg, (0, 0, 0, 0, 0, 1))  # released: the last frame gets nothing
 
 
 class InterFrameAttention(nn.Module):
@@ -386,3 +399,63 @@ class InterFrameAttention(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.channels}, num_frames={self.num_frames}, kernel_size={self.kernel_size}, dilation={self.dilation}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Non-local
+# ----------------------------------------------------------------------------------------------
+
+
+class NonLocal3D(nn.Module):
+    """Embedded-Gaussian non-local block over a clip. ``(B*T, C, H, W) -> (B*T, C, H, W)``.
+
+    ``z = x + BN(W(y))``, ``y = softmax(theta(x)^T phi(x)) g(x)`` over all ``T*H*W`` positions, with
+    ``theta``, ``phi``, ``g`` 1x1x1 convs ``C -> C/2`` (bias), ``phi`` and ``g`` followed by a
+    ``(1, 2, 2)`` max pool (``sub_sample``), no ``1/sqrt(d)`` scaling (the official embedded Gaussian),
+    ``W`` a 1x1x1 conv ``C/2 -> C`` and a BatchNorm3d whose weight and bias start at zero — so the
+    block is the identity at initialisation. Parameter names follow TSM's ``NONLocalBlock3D``
+    (``theta``, ``phi``, ``g``, ``W.0``, ``W.1``; the official ``phi.0``/``g.0`` are the convs of
+    ``Sequential(conv, pool)``, which the converter maps).
+
+    The three projections run as one 1x1 conv (pooling ``phi``/``g`` after it, as the official code
+    does); the attention is ``F.scaled_dot_product_attention`` with ``scale=1`` (one head of width
+    C/2). It does not reuse :class:`~kinetix.layers.attention.Attention` because that module's
+    fused ``qkv`` Linear maps ``dim -> 3*dim`` on one token sequence, while here keys/values are
+    pooled after the projection (a different, shorter sequence than the queries) and the inner
+    width is C/2 — the attention kernel itself is the same SDPA call.
+
+    Not causal: every frame attends to the whole clip, so a model with non-local blocks cannot run
+    online frame by frame.
+    """
+
+    def __init__(self, channels: int, num_frames: int, inter_channels: int | None = None, sub_sample: bool = True):
+        super().__init__()
+        self.channels, self.num_frames, self.sub_sample = channels, num_frames, sub_sample
+        self.inter_channels = ci = inter_channels or max(channels // 2, 1)
+        self.g = nn.Conv3d(channels, ci, 1)
+        self.theta = nn.Conv3d(channels, ci, 1)
+        self.phi = nn.Conv3d(channels, ci, 1)
+        self.W = nn.Sequential(nn.Conv3d(ci, channels, 1), nn.BatchNorm3d(channels))
+        nn.init.zeros_(self.W[1].weight)
+        nn.init.zeros_(self.W[1].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        nt, _, h, w = x.shape
+        t, ci = self.num_frames, self.inter_channels
+        b = nt // t
+        weight = torch.cat([self.theta.weight, self.phi.weight, self.g.weight]).flatten(1)  # (3*ci, C)
+        bias = torch.cat([self.theta.bias, self.phi.bias, self.g.bias])
+        qkv = F.conv2d(x, weight[:, :, None, None], bias)  # (B*T, 3*ci, H, W)
+        kv = qkv[:, ci:]
+        if self.sub_sample:
+            kv = F.max_pool2d(kv, 2)  # MaxPool3d((1, 2, 2)): per frame
+        hk, wk = kv.shape[-2:]
+        q = qkv[:, :ci].reshape(b, t, ci, h * w).transpose(2, 3).reshape(b, 1, t * h * w, ci)
+        kv = kv.reshape(b, t, 2, ci, hk * wk).permute(2, 0, 1, 4, 3).reshape(2, b, 1, t * hk * wk, ci)
+        y = F.scaled_dot_product_attention(q, kv[0], kv[1], scale=1.0)  # (B, 1, T*H*W, ci)
+        y = y.view(b, t, h, w, ci).permute(0, 1, 4, 2, 3).reshape(nt, ci, h, w)
+        wy = F.conv2d(y, self.W[0].weight.flatten(1)[:, :, None, None], self.W[0].bias)  # (B*T, C, H, W)
+        return x + self.W[1](wy.unsqueeze(2)).squeeze(2)  # BatchNorm3d on (B*T, C, 1, H, W)
+
+    def extra_repr(self) -> str:
+        return f"{self.channels}, num_frames={self.num_frames}, inter_channels={self.inter_channels}, sub_sample={self.sub_sample}"

@@ -109,7 +109,8 @@ def attention_with_importance(
     matmuls the FLOP counter sees."""
     B, N, C = x.shape
     q, k, v = attn.qkv_heads(x)  # 3 x (B, H, N, hd)
-    if q.device.type in _FLASH_DEVICES:
+    # torch.onnx's translation of the flash kernel's logsumexp output is wrong: explicit when exporting
+    if q.device.type in _FLASH_DEVICES and not torch.compiler.is_exporting():
         p = attn.attn_drop if attn.training else 0.0
         out, lse = _FLASH_CPU(q, k, v, p, scale=attn.scale)  # (B, H, N, hd), (B, H, N)
         score = _flash_importance(q.detach(), k.detach(), lse.detach(), num_key, keyframe_weight, attn.scale)

@@ -1,6 +1,12 @@
 """Recognisers and the model registry. Importing this package registers every model."""
 
-from ._builder import convert_checkpoint, load_checkpoint, load_pretrained, save_model_weights
+from ._builder import (
+    convert_checkpoint,
+    convert_with_report,
+    load_checkpoint,
+    load_pretrained,
+    save_model_weights,
+)
 from ._pretrained import PretrainedCfg
 from ._registry import (
     create_model,
@@ -28,6 +34,7 @@ _import_families()
 __all__ = [
     "PretrainedCfg",
     "convert_checkpoint",
+    "convert_with_report",
     "create_model",
     "get_pretrained_cfg",
     "init_from_image_vit",

@@ -8,6 +8,7 @@ Loading is strict: a mismatch is an error that lists the missing and unexpected 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -75,6 +76,12 @@ def load_state_dict_strict(model: nn.Module, state_dict: dict[str, torch.Tensor]
             + "; ".join(parts)
             + ". Check the model name and its arguments (num_frames, num_classes, variant)."
         )
+    bad = [k for k, v in state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(
+            f"{source or 'checkpoint'}: {len(bad)} tensor(s) hold NaN or infinite values ({_short(bad, 4)}); "
+            "the weights are broken (a diverged run?). Use an earlier checkpoint"
+        )
     model.load_state_dict(state_dict, strict=True)
 
 
@@ -100,8 +107,18 @@ def _classifier_keys(model: nn.Module) -> set[str]:
 def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
     """Load a weights file (kinetix safetensors or a foreign checkpoint) into ``model`` strictly."""
     sd = read_state_dict(path)
-    load_state_dict_strict(model, convert_state_dict(model, sd), source=str(path))
+    load_state_dict_strict(model, _converted(model, sd, path), source=str(path))
     return model
+
+
+def _converted(model: nn.Module, sd: dict[str, torch.Tensor], path) -> dict[str, torch.Tensor]:
+    """``convert_state_dict`` whose errors (from the model file's filter) name the file."""
+    try:
+        return convert_state_dict(model, sd)
+    except CheckpointError as e:
+        if str(path) in str(e):
+            raise
+        raise CheckpointError(f"{path}: {e}") from None
 
 
 def load_pretrained(model: nn.Module, cfg: PretrainedCfg) -> nn.Module:
@@ -133,10 +150,106 @@ def save_model_weights(model: nn.Module, path: str | Path, extra_metadata: dict 
     return save_safetensors(model.state_dict(), path, meta)
 
 
-def convert_checkpoint(model: nn.Module, src: str | Path, out: str | Path) -> Path:
-    """Convert a foreign checkpoint for ``model``, verify it loads strictly, write safetensors."""
-    load_checkpoint(model, src)
-    return save_model_weights(model, out, {"converted_from": Path(src).name})
+@dataclass
+class ConversionReport:
+    """Which of a model's tensors a conversion filled from the source, and what it left over."""
+
+    total: int  # tensors in the model's state dict
+    missing: list[str]  # model tensors the source does not provide (they keep the model's init)
+    unused: list[str]  # source tensors that end up in no model tensor
+    unchecked: int = 0  # source tensors too many to probe for use
+
+    @property
+    def loaded(self) -> int:
+        return self.total - len(self.missing)
+
+    def describe(self) -> str:
+        parts = [f"{self.loaded} of {self.total} model tensors from the source"]
+        if self.missing:
+            parts.append(f"missing (left at the model's initialisation): {_short(self.missing)}")
+        if self.unused:
+            parts.append(f"unused source tensors: {_short(self.unused)}")
+        return "; ".join(parts)
+
+
+def _has_nan(t: torch.Tensor) -> bool:
+    return t.is_floating_point() and bool(torch.isnan(t).any())
+
+
+_PROBE_LIMIT = 64  # source tensors probed one by one for use (the rest are shared with the output)
+
+
+def conversion_report(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> ConversionReport:
+    """Trace a conversion: run the model file's filter with the model's own floating-point tensors
+    set to NaN; an output tensor holding NaN came (at least in part) from the model, not the
+    source -> ``missing``. A source tensor is ``unused`` when setting it to NaN changes no output.
+    ``model`` is left as it was."""
+    own = model.state_dict()
+    init = {k: v.detach().clone() for k, v in own.items()}
+    try:
+        with torch.no_grad():
+            for v in own.values():
+                if v.is_floating_point():
+                    v.fill_(float("nan"))
+        probe = convert_state_dict(model, state_dict)
+        missing = sorted(k for k, v in own.items() if k not in probe or _has_nan(probe[k]))
+        shared = {v.untyped_storage().data_ptr() for v in probe.values()}
+    finally:
+        model.load_state_dict(init)  # (tensors of ``probe`` taken from the model are restored too)
+    candidates = [
+        k
+        for k, v in state_dict.items()
+        if v.is_floating_point()
+        and v.numel()
+        and v.untyped_storage().data_ptr() not in shared
+        and not _has_nan(v)
+    ]
+    unused = []
+    for k in candidates[:_PROBE_LIMIT]:
+        poisoned = {**state_dict, k: torch.full_like(state_dict[k], float("nan"))}
+        try:
+            out = convert_state_dict(model, poisoned)
+        except (KeyError, ValueError, RuntimeError, CheckpointError):
+            continue  # the filter looks at it: used
+        if not any(_has_nan(v) for v in out.values()):
+            unused.append(k)
+    return ConversionReport(len(own), missing, sorted(unused), max(0, len(candidates) - _PROBE_LIMIT))
+
+
+def convert_with_report(
+    model: nn.Module, src: str | Path, out: str | Path, *, allow_partial: bool = False
+) -> tuple[Path, ConversionReport]:
+    """Convert a foreign checkpoint for ``model``: it must provide every model tensor (else
+    :class:`CheckpointError` listing the missing ones, unless ``allow_partial``), load strictly,
+    and is then written as safetensors. Returns the path and the :class:`ConversionReport`."""
+    sd = read_state_dict(src)
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(
+            f"{src}: {len(bad)} tensor(s) hold NaN or infinite values ({_short(bad, 4)}); the weights "
+            "are broken (a diverged run?). Use another checkpoint"
+        )
+    _converted(model, sd, src)  # a layout the model file's filter refuses: an error naming the file
+    report = conversion_report(model, sd)
+    if report.missing and not allow_partial:
+        raise CheckpointError(
+            f"{src}: a partial checkpoint for {type(model).__name__}: {report.describe()}. Check the "
+            "model name and its arguments, or pass --allow-partial to convert it anyway (the missing "
+            "tensors keep the model's random initialisation)"
+        )
+    load_state_dict_strict(model, _converted(model, sd, src), source=str(src))
+    meta = {"converted_from": Path(src).name}
+    if report.missing:
+        meta["converted_missing"] = report.missing
+    return save_model_weights(model, out, meta), report
+
+
+def convert_checkpoint(
+    model: nn.Module, src: str | Path, out: str | Path, *, allow_partial: bool = False
+) -> Path:
+    """Convert a foreign checkpoint for ``model``, verify it is complete and loads strictly, write
+    safetensors (see :func:`convert_with_report`)."""
+    return convert_with_report(model, src, out, allow_partial=allow_partial)[0]
 
 
 def weights_metadata(path: str | Path) -> dict[str, str]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
-from kinetix.errors import ModelNotFoundError
+from kinetix.errors import ConfigError, ModelNotFoundError
 
 from ._pretrained import PretrainedCfg
 
@@ -112,9 +112,19 @@ def create_model(name: str, pretrained: bool = False, checkpoint: str | None = N
     entry, cfg = _lookup(name)
     params = inspect.signature(entry.fn).parameters
     takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    given = dict(kwargs)
     if "num_classes" not in kwargs and (takes_any or "num_classes" in params):
         kwargs["num_classes"] = cfg.num_classes
-    model = entry.fn(**kwargs)
+    try:
+        model = entry.fn(**kwargs)
+    except (TypeError, ValueError) as e:  # the entry point / constructor rejects an argument or value
+        if not given:
+            raise
+        accepted = ", ".join(n for n, p in params.items() if p.kind is not p.VAR_KEYWORD)
+        raise ConfigError(
+            f"model {entry.name!r} cannot be built with {given}: {e}. Check model.kwargs"
+            + (f" (the entry point takes: {accepted}, and its model's arguments)" if accepted else "")
+        ) from e
     updates = {k: kwargs[k] for k in ("num_frames", "num_classes", "input_size") if k in kwargs}
     model.pretrained_cfg = cfg.replace(**updates)
     model.model_name = entry.name

@@ -12,6 +12,9 @@ Temporal slot positions (chosen when the network is built; docs/architecture.md)
 ``"block"``  block input, identity path included (TSM in-place shift);
 ``"conv1"``  after ``conv1``, before ``bn1`` (GSM on ResNet);
 ``"conv2"``  after ``relu(bn2(conv2))``, before ``conv3`` (SIFA).
+
+A second, independent slot after the block's output (``non_local`` at ``non_local_blocks``) takes
+clip-level layers such as the non-local block of TSM-NL (keys ``layerX.Y.non_local.*``).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kinetix.errors import CheckpointError
-from kinetix.layers.temporal import TemporalShift
+from kinetix.layers.temporal import GateShift, InterFrameAttention, NonLocal3D, TemporalShift
 
 # (channels, num_frames) -> temporal layer
 TemporalFactory = Callable[[int, int], nn.Module]
@@ -45,7 +48,7 @@ def _slots(temporal: nn.Module | None, position: str) -> tuple[nn.Module, nn.Mod
 class BasicBlock(nn.Module):
     expansion = 1
 
-    def __init__(self, inplanes, planes, stride=1, downsample=None, temporal=None, position="input"):
+    def __init__(self, inplanes, planes, stride=1, downsample=None, temporal=None, position="input", post=None):
         super().__init__()
         if position == "conv2":
             raise ValueError("BasicBlock has no 'conv2' temporal slot")
@@ -58,10 +61,14 @@ class BasicBlock(nn.Module):
         self.temporal_in, self.temporal_mid, _ = _slots(temporal, position)
         self.shift_identity = position == "block"
         self.fused_shift = position == "input" and isinstance(temporal, TemporalShift)
+        self.non_local = post  # clip-level layer on the block output (TSM-NL), or None
 
     @staticmethod
     def temporal_channels(inplanes: int, planes: int, position: str) -> int:
         return inplanes if position in ("input", "block") else planes
+
+    def _post(self, out):
+        return out if self.non_local is None else self.non_local(out)
 
     def _conv1(self, x):
         """(conv1(temporal(x)), identity input); a residual TSM shift is done in place at inference."""
@@ -76,13 +83,13 @@ class BasicBlock(nn.Module):
         out = self.bn2(self.conv2(out))
         if self.downsample is not None:
             identity = self.downsample(identity)
-        return self.relu(out + identity)
+        return self._post(self.relu(out + identity))
 
 
 class Bottleneck(nn.Module):
     expansion = 4
 
-    def __init__(self, inplanes, planes, stride=1, downsample=None, temporal=None, position="input"):
+    def __init__(self, inplanes, planes, stride=1, downsample=None, temporal=None, position="input", post=None):
         super().__init__()
         self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -95,12 +102,13 @@ class Bottleneck(nn.Module):
         self.temporal_in, self.temporal_mid, self.temporal_out = _slots(temporal, position)
         self.shift_identity = position == "block"
         self.fused_shift = position == "input" and isinstance(temporal, TemporalShift)
+        self.non_local = post
 
     @staticmethod
     def temporal_channels(inplanes: int, planes: int, position: str) -> int:
         return inplanes if position in ("input", "block") else planes
 
-    _conv1 = BasicBlock._conv1
+    _conv1, _post = BasicBlock._conv1, BasicBlock._post
 
     def forward(self, x):
         out, identity = self._conv1(x)
@@ -109,7 +117,7 @@ class Bottleneck(nn.Module):
         out = self.bn3(self.conv3(out))
         if self.downsample is not None:
             identity = self.downsample(identity)
-        return self.relu(out + identity)
+        return self._post(self.relu(out + identity))
 
 
 class TemporalMaxPool(nn.Module):
@@ -139,6 +147,9 @@ class ResNet(nn.Module):
             ``(i - temporal_first) % temporal_every == 0`` of each stage.
         temporal_stages: stages (1..4) that get temporal layers.
         temporal_pool: TSM temporal max-pool before ``layer2`` (T -> T/2 for layers 2-4).
+        non_local: factory ``(channels, num_frames) -> nn.Module`` of a clip-level layer applied to
+            the output of the blocks in ``non_local_blocks`` (stage -> block indices), e.g. TSM-NL's
+            :class:`~kinetix.layers.temporal.NonLocal3D` at ``{2: (0, 2), 3: (0, 2, 4)}``.
         base_width: channels of the stem (64 in the paper; tiny test models use 8-16).
         small_input: 3x3 stride-1 stem without max-pool (CIFAR-style), for inputs of <= 64 px.
     """
@@ -155,6 +166,8 @@ class ResNet(nn.Module):
         temporal_first: int = 0,
         temporal_stages: tuple[int, ...] = (1, 2, 3, 4),
         temporal_pool: bool = False,
+        non_local: TemporalFactory | None = None,
+        non_local_blocks: dict[int, tuple[int, ...]] | None = None,
         base_width: int = 64,
         zero_init_residual: bool = False,
         small_input: bool = False,
@@ -176,9 +189,10 @@ class ResNet(nn.Module):
             if i == 2 and temporal_pool:
                 frames = num_frames // 2
             factory = temporal if i in temporal_stages else None
+            post = (non_local, (non_local_blocks or {}).get(i, ())) if non_local is not None else (None, ())
             stage = self._make_layer(
                 block, base_width * 2 ** (i - 1), n, 1 if i == 1 else 2, frames, factory,
-                temporal_position, temporal_every, temporal_first,
+                temporal_position, temporal_every, temporal_first, post,
             )  # fmt: skip
             self.add_module(f"layer{i}", stage)
         self.num_features = self.inplanes
@@ -194,7 +208,7 @@ class ResNet(nn.Module):
                 elif isinstance(m, BasicBlock):
                     nn.init.zeros_(m.bn2.weight)
 
-    def _make_layer(self, block, planes, blocks, stride, frames, temporal, position, every, first):
+    def _make_layer(self, block, planes, blocks, stride, frames, temporal, position, every, first, post=(None, ())):
         downsample = None
         if stride != 1 or self.inplanes != planes * block.expansion:
             downsample = nn.Sequential(
@@ -206,6 +220,7 @@ class ResNet(nn.Module):
             t = None
             if temporal is not None and i >= first and (i - first) % every == 0:
                 t = temporal(block.temporal_channels(self.inplanes, planes, position), frames)
+            p = post[0](planes * block.expansion, frames) if i in post[1] else None
             out.append(
                 block(
                     self.inplanes,
@@ -214,6 +229,7 @@ class ResNet(nn.Module):
                     downsample if i == 0 else None,
                     t,
                     position,
+                    p,
                 )
             )
             self.inplanes = planes * block.expansion
@@ -244,9 +260,7 @@ def resnet(depth: int, **kwargs) -> ResNet:
 def temporal_prefixes(model: nn.Module) -> list[str]:
     """Module prefixes of layers absent from 2D ImageNet weights: temporal layers and modules
     flagged ``video_only = True`` (e.g. SIFA-Net's global-context FCs and second res5 path)."""
-    from kinetix.layers.temporal import GateShift, InterFrameAttention, TemporalShift
-
-    kinds = (GateShift, InterFrameAttention, TemporalShift)
+    kinds = (GateShift, InterFrameAttention, NonLocal3D, TemporalShift)
     return [
         n + "."
         for n, m in model.named_modules()
@@ -281,7 +295,8 @@ def load_image_weights(model: nn.Module, path_or_state_dict) -> list[str]:
     sd = {k: v.reshape(own[k].shape) if k in own and v.shape != own[k].shape and v.numel() == own[k].numel() else v
           for k, v in sd.items()}  # fmt: skip
     extra = tuple(temporal_prefixes(backbone))
-    missing = sorted(set(own) - set(sd))
+    # BN batch counters are bookkeeping: files converted from Caffe (2017) do not carry them
+    missing = sorted(k for k in set(own) - set(sd) if not k.endswith(".num_batches_tracked"))
     bad = [k for k in missing if not k.startswith(extra)]
     unexpected = sorted(set(sd) - set(own))
     shape = [k for k in sd if k in own and own[k].shape != sd[k].shape]
@@ -292,7 +307,11 @@ def load_image_weights(model: nn.Module, path_or_state_dict) -> list[str]:
             + (f"unexpected keys {unexpected[:8]}; " if unexpected else "")
             + (f"missing non-temporal keys {bad[:8]}; " if bad else "")
             + (f"shape mismatch {shape[:8]}; " if shape else "")
-            + "use torchvision ResNet / Caffe BN-Inception ImageNet weights of the same depth and width."
+            + getattr(
+                backbone,
+                "image_weights_hint",
+                "use torchvision ResNet / Caffe BN-Inception ImageNet weights of the same depth and width.",
+            )
         )
     backbone.load_state_dict(sd, strict=False)
     return missing

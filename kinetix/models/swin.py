@@ -24,6 +24,11 @@ every block, after the window-attention residual and before the MLP,
   with the LayerNorm's weight and bias zero-initialised;
 * shifted blocks: ``x = x + Conv2d(D, D, (1, 3))`` over the time axis (zero-initialised).
 
+The paper's reading of the SIFA term is a constructor option (``sifa_offsets="learned"``: offsets
+predicted from the motion-saliency map, so the block is deformable; ``sifa_last_frame="self"``: the
+last frame attends to itself); the defaults are the released behaviour, which released weights need
+(:class:`InterFrameResidual`).
+
 Both additions are identities at initialisation, so a SIFA-Transformer initialised from an image Swin
 (:func:`init_from_image_swin`, patch filter at temporal index 2 of 4) starts as that Swin run on every
 tubelet (without the patch norm).
@@ -46,6 +51,7 @@ from kinetix.layers.attention import Attention
 from kinetix.layers.drop import DropPath
 from kinetix.layers.mlp import Mlp
 from kinetix.layers.patch_embed import TubeletEmbed
+from kinetix.layers.temporal import inter_frame_attention, motion_saliency
 from kinetix.layers.weight_init import trunc_normal_init_
 
 from ._pretrained import PretrainedCfg
@@ -135,7 +141,10 @@ class WindowAttention(Attention):
         qkv = self.qkv_packed(x).permute(3, 0, 1, 4, 2, 5)  # (3, B, nW, heads, N, hd)
         q, k, v = qkv.reshape(3, B, nW * self.num_heads, N, self.head_dim).unbind(0)
         x = self.sdpa(q, k, v, bias.to(q.dtype))  # (B, nW*heads, N, hd)
-        x = x.view(B, nW, self.num_heads, N, self.head_dim).transpose(2, 3).reshape(B, nW, N, C)
+        x = x.view(B, nW, self.num_heads, N, self.head_dim).transpose(2, 3)  # (B, nW, N, heads, hd)
+        if torch.compiler.is_exporting():  # torch.onnx decomposes SDPA into a differently laid out
+            x = x.clone(memory_format=torch.contiguous_format)  # output: the reshape must not be a view
+        x = x.reshape(B, nW, N, C)
         return self.proj_drop(self.proj(x))
 
     def extra_repr(self) -> str:
@@ -143,20 +152,26 @@ class WindowAttention(Attention):
 
 
 # ---- temporal layers of SIFA-Transformer ---------------------------------------------------------------
-def local_inter_frame_attention(f: torch.Tensor, kernel_size: int = 3) -> torch.Tensor:
+def local_inter_frame_attention(f: torch.Tensor, kernel_size: int = 3, last_frame: str = "none") -> torch.Tensor:
     """SIFA with zero offsets on channels-last features ``(B, T, H, W, C) -> (B, T, H, W, C)``.
 
     Frame t (query at p) aggregates the ``k x k`` neighbourhood of frame t+1 (keys = values, zero
     padding): ``sum_k w_k f_{t+1}(p + p_k)`` with ``w_k = mean_c f_t(p) f_{t+1}(p + p_k)`` (no softmax);
-    the last frame gets zeros. Equals :func:`kinetix.layers.temporal.inter_frame_attention` with a zero
+    the last frame gets zeros (``last_frame="none"``, released) or attends to its own neighbourhood
+    (``"self"``, the paper). Equals :func:`kinetix.layers.temporal.inter_frame_attention` with a zero
     offset, without the ``k*k``-times larger sampled tensor (one pass per tap instead).
     """
+    if last_frame not in ("none", "self"):
+        raise ValueError(f"last_frame must be 'none' or 'self', got {last_frame!r}")
     B, T, H, W, C = f.shape
     pad = kernel_size // 2
-    q = f[:, :-1]  # queries: frames 0..T-2
-    kv = F.pad(f[:, 1:], (0, 0, pad, pad, pad, pad))  # keys/values: frames 1..T-1, (B, T-1, H+2p, W+2p, C)
+    if last_frame == "self":  # queries: every frame; keys/values: frames 1..T-1, then T-1 again
+        q, kv = f, torch.cat([f[:, 1:], f[:, -1:]], 1)
+    else:  # queries: frames 0..T-2; keys/values: frames 1..T-1
+        q, kv = f[:, :-1], f[:, 1:]
+    kv = F.pad(kv, (0, 0, pad, pad, pad, pad))  # (B, Tq, H+2p, W+2p, C)
     out = f.new_zeros(B, T, H, W, C)
-    agg = out[:, :-1]  # view: the last frame stays zero
+    agg = out[:, : q.shape[1]]  # view: with "none" the last frame stays zero
     for dy in range(kernel_size):
         for dx in range(kernel_size):
             v = kv[:, :, dy : dy + H, dx : dx + W]
@@ -165,29 +180,60 @@ def local_inter_frame_attention(f: torch.Tensor, kernel_size: int = 3) -> torch.
 
 
 class InterFrameResidual(nn.Module):
-    """The released ``forward_rtc`` term ``tda_norm(SIFA(x))``, SIFA with fixed zero offsets.
+    """The released ``forward_rtc`` term ``tda_norm(SIFA(x))``, or the paper's SIFA block.
 
     ``x`` ``(B*T, H*W, C)`` (time steps of a clip consecutive), ``grid = (T, H, W)`` -> same shape.
     ``norm`` (``tda_norm`` in the released checkpoint) has weight and bias zero-initialised. The
     released code applies it to the masked aggregation, so the last frame receives the norm's bias.
+
+    Two readings (DESIGN §5), chosen at construction:
+
+    * ``offsets="zero"`` (released ``c2d_sifa_swin.py``: ``conv_offset`` commented out, the offset a
+      zero tensor): a plain ``k x k`` neighbourhood of frame t+1 — not deformable.
+      ``offsets="learned"`` (the paper's block): ``conv_offset`` (``Conv2d(C, 2k², 3)``, no bias,
+      zero-initialised, as the released CNN block) predicts the offsets of frame t+1's taps from
+      its motion saliency ``sigmoid(f_{t+1} - f_t) f_{t+1} + f_{t+1}``; bilinear sampling with zero
+      padding (:func:`~kinetix.layers.temporal.inter_frame_attention`).
+    * ``last_frame="none"`` (released: masked, the last frame gets no aggregation) or ``"self"``
+      (the paper: the last frame attends to its own neighbourhood).
+
+    With ``offsets="learned"`` the zero-initialised ``conv_offset`` makes the block start as the
+    zero-offset one, so either reading starts from the same function.
     """
 
-    def __init__(self, dim: int, kernel_size: int = 3):
+    def __init__(self, dim: int, kernel_size: int = 3, offsets: str = "zero", last_frame: str = "none"):
         super().__init__()
         if kernel_size % 2 == 0:
             raise ValueError(f"SIFA needs an odd neighbourhood size, got {kernel_size}")
-        self.kernel_size = kernel_size
+        if offsets not in ("zero", "learned"):
+            raise ValueError(f"offsets must be 'zero' (released) or 'learned' (paper), got {offsets!r}")
+        if last_frame not in ("none", "self"):
+            raise ValueError(f"last_frame must be 'none' (released) or 'self' (paper), got {last_frame!r}")
+        self.kernel_size, self.offsets, self.last_frame = kernel_size, offsets, last_frame
         self.norm = nn.LayerNorm(dim)
         nn.init.zeros_(self.norm.weight)
         nn.init.zeros_(self.norm.bias)
+        self.conv_offset = None
+        if offsets == "learned":
+            self.conv_offset = nn.Conv2d(dim, 2 * kernel_size**2, 3, padding=1, bias=False)
+            nn.init.zeros_(self.conv_offset.weight)
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
         t, h, w = grid
-        f = x.view(-1, t, h, w, x.shape[-1])  # (B, T, H, W, C)
-        return self.norm(local_inter_frame_attention(f, self.kernel_size).view_as(x))
+        C = x.shape[-1]
+        f = x.view(-1, t, h, w, C)  # (B, T, H, W, C)
+        if self.conv_offset is None:
+            agg = local_inter_frame_attention(f, self.kernel_size, self.last_frame)
+        else:
+            fc = f.permute(0, 4, 1, 2, 3)  # (B, C, T, H, W)
+            sal = motion_saliency(fc).transpose(1, 2).reshape(-1, C, h, w)  # (B*T, C, H, W)
+            offset = self.conv_offset(sal).view(-1, t, 2 * self.kernel_size**2, h, w).transpose(1, 2)
+            agg = inter_frame_attention(fc, offset, self.kernel_size, last_frame=self.last_frame)
+            agg = agg.permute(0, 2, 3, 4, 1)  # (B, T, H, W, C)
+        return self.norm(agg.reshape_as(x))
 
     def extra_repr(self) -> str:
-        return f"kernel_size={self.kernel_size}, offsets=zero"
+        return f"kernel_size={self.kernel_size}, offsets={self.offsets}, last_frame={self.last_frame}"
 
 
 class TemporalConv(nn.Module):
@@ -315,6 +361,10 @@ class SwinTransformer(nn.Module):
         patch_norm: LayerNorm after the patch embedding (image Swin: yes; released SIFA: no).
         sifa: add the SIFA / temporal-conv terms to every block (see the module docstring).
         sifa_kernel: SIFA neighbourhood (released: 3).
+        sifa_offsets: ``"zero"`` (released: fixed zero offsets) or ``"learned"`` (paper: offsets from
+            the motion-saliency map, zero-initialised ``conv_offset`` per SIFA block).
+        sifa_last_frame: ``"none"`` (released: the last frame gets no SIFA term) or ``"self"``
+            (paper: the last frame attends to itself).
         drop_rate, attn_drop_rate, drop_path_rate: dropouts in the blocks, linear stochastic depth.
         dropout: dropout before the classifier.
     """
@@ -335,6 +385,8 @@ class SwinTransformer(nn.Module):
         patch_norm: bool = True,
         sifa: bool = False,
         sifa_kernel: int = 3,
+        sifa_offsets: str = "zero",
+        sifa_last_frame: str = "none",
         drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.1,
@@ -358,7 +410,11 @@ class SwinTransformer(nn.Module):
                 s = 0 if j % 2 == 0 else shift
                 temporal = None
                 if sifa:  # released: SIFA in non-shifted blocks, temporal conv in shifted ones
-                    temporal = InterFrameResidual(dim, sifa_kernel) if s == 0 else TemporalConv(dim)
+                    temporal = (
+                        InterFrameResidual(dim, sifa_kernel, sifa_offsets, sifa_last_frame)
+                        if s == 0
+                        else TemporalConv(dim)
+                    )
                 blocks.append(
                     SwinBlock(dim, heads, ws, s, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate,
                               dpr[sum(depths[:i]) + j], temporal)
@@ -379,6 +435,8 @@ class SwinTransformer(nn.Module):
             elif isinstance(m, InterFrameResidual):
                 nn.init.zeros_(m.norm.weight)
                 nn.init.zeros_(m.norm.bias)
+                if m.conv_offset is not None:
+                    nn.init.zeros_(m.conv_offset.weight)
             elif isinstance(m, TemporalConv):
                 nn.init.zeros_(m.conv.weight)
 

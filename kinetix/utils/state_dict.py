@@ -13,7 +13,8 @@ import contextlib
 import json
 import os
 import pickle
-import tempfile
+import re
+import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -58,24 +59,50 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         if suffix == ".npz":
             with np.load(path, allow_pickle=False) as z:
                 return {k: torch.from_numpy(np.array(z[k])) for k in z.files}
-        with torch.serialization.safe_globals(_safe_globals()):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = load_pickle_safely(path)
     except CheckpointError:
         raise
+    except Exception as e:  # truncated zip, wrong format, ...
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
+    return unwrap_state_dict(obj, path)
+
+
+_GLOBAL = re.compile(r"unsupported global:?\s*GLOBAL\s+(\S+)|unsupported global:?\s*(\S+)", re.IGNORECASE)
+
+
+def _unsupported_global(message: str) -> str | None:
+    """``"GLOBAL os.system"`` from torch's weights_only refusal (its wording and case vary by
+    version: "Unsupported global", "unsupported GLOBAL"), else None. Only the name is kept: the
+    rest of torch's text advises loading with ``weights_only=False``, i.e. running the code."""
+    m = _GLOBAL.search(message)
+    if m is None:
+        return None
+    name = (m.group(1) or m.group(2)).rstrip(".,;:")
+    return f"GLOBAL {name}"
+
+
+def load_pickle_safely(path: str | Path, extra_globals: list | None = None):
+    """``torch.load(weights_only=True)``: tensors and plain containers only, never code. A file that
+    stores anything else is refused with kinetix's own message (torch's advice to retry with
+    ``weights_only=False`` would run that code, so it is never repeated)."""
+    try:
+        with torch.serialization.safe_globals(_safe_globals() + list(extra_globals or [])):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        culprit = next((ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln), None)
+        culprit = _unsupported_global(str(e))
         if culprit is None:  # random bytes, truncated file, ...
-            raise CheckpointError(
-                f"{path}: not a readable checkpoint ({str(e).splitlines()[0][:200]})"
-            ) from e
+            first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            if "weights_only" in first:
+                first = "not a plain weights file"
+            raise CheckpointError(f"{path}: not a readable checkpoint ({first})") from None
         raise CheckpointError(
             f"{path}: refused to load: the file stores Python objects that are not plain tensors "
             f"({culprit}). kinetix never unpickles code; re-save only the weights, e.g. "
             "torch.save(ckpt['state_dict'], 'weights.pth'), or convert with `kinetix convert`."
-        ) from e
-    except Exception as e:  # truncated zip, wrong format, ...
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
-    return unwrap_state_dict(obj, path)
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as e:  # truncated zip, not a torch file
+        first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {first})") from None
 
 
 def unwrap_state_dict(obj, path: str | Path = "<checkpoint>") -> dict[str, torch.Tensor]:
@@ -110,15 +137,24 @@ def strip_prefix(sd: Mapping[str, torch.Tensor], *prefixes: str) -> dict[str, to
     return out
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path):
     """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     try:
         yield Path(tmp)
+        # mode like any other output: 0666 less the user's umask (writers such as safetensors
+        # create their file 0600)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -147,3 +183,25 @@ def read_safetensors_metadata(path: str | Path) -> dict[str, str]:
             return dict(f.metadata() or {})
     except Exception as e:
         raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
+
+
+def read_metadata_json(path: str | Path, key: str, kind: type = object, meta: Mapping | None = None):
+    """The JSON value stored under ``key`` in a safetensors file's metadata (None when absent):
+    ``CheckpointError`` naming the file when it is not JSON or not a ``kind``."""
+    meta = read_safetensors_metadata(path) if meta is None else meta
+    raw = meta.get(key)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(
+            f"{path}: its metadata entry {key!r} is not valid JSON ({e.msg} at character {e.pos}); "
+            "the file was not written by kinetix or has been edited. Re-save it, or pass --model NAME "
+            "with a plain weights file"
+        ) from None
+    if value is not None and kind is not object and not isinstance(value, kind):
+        raise CheckpointError(
+            f"{path}: its metadata entry {key!r} should be a {kind.__name__} (JSON), got {type(value).__name__}"
+        )
+    return value

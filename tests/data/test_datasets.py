@@ -3,15 +3,24 @@
 import logging
 import pickle
 
+import av
 import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
 from kinetix.data import transforms as T
-from kinetix.data.datasets import AVADataset, VideoClassificationDataset, collate_detection, detect_format
+from kinetix.data.datasets import (
+    AVADataset,
+    VideoClassificationDataset,
+    check_bad_fraction,
+    collate_detection,
+    collate_skipping,
+    detect_format,
+)
+from kinetix.data.io import VideoReader
 from kinetix.data.sampling import keyframe_indices, multiview_indices, segment_indices
-from kinetix.errors import DatasetError
+from kinetix.errors import DatasetError, VideoDecodeError
 
 
 def _as_uint8(video):
@@ -104,33 +113,76 @@ def test_bad_files_are_skipped_counted_and_logged(make_video, tmp_path, caplog):
     (tmp_path / "empty.mp4").touch()
     (tmp_path / "junk.mp4").write_bytes(b"this is not a video" * 50)
     names = [p.name for p in good] + ["empty.mp4", "junk.mp4", "missing.mp4"]
-    ds = VideoClassificationDataset(
-        [(n, 0) for n in names], tmp_path, num_frames=2, mode="test", max_bad_fraction=0.6, min_attempts=5
-    )
+    samples = [(n, 0) for n in names]
+    # evaluation: a bad sample is skipped (a marker the collate drops and counts), never replaced
+    ds = VideoClassificationDataset(samples, tmp_path, num_frames=2, mode="test", max_bad_fraction=0.6)
     with caplog.at_level(logging.WARNING, logger="kinetix.data.datasets"):
         items = [ds[i] for i in range(len(ds))]
     assert set(ds.bad_samples) == {str(tmp_path / n) for n in ("empty.mp4", "junk.mp4", "missing.mp4")}
-    assert ds.failures >= 3 and ds.attempts == 7 + ds.failures  # each failure costs one retry
-    assert all(it["index"] < 4 for it in items)  # bad ones replaced by good samples
-    assert [it["index"] for it in items[4:]] == [ds[i]["index"] for i in range(4, 7)]  # deterministic
+    assert ds.bad_indices == {4, 5, 6} and [it.get("skipped", False) for it in items] == [False] * 4 + [True] * 3
+    batch = collate_skipping(items)
+    assert batch["index"].tolist() == [0, 1, 2, 3] and batch["bad_indices"].tolist() == [4, 5, 6]
+    assert collate_skipping(items[4:]).keys() == {"bad_indices"}  # nothing left to score
     assert "junk.mp4" in caplog.text and "skipping unreadable sample" in caplog.text
+    # training: replaced by a good sample chosen deterministically; the item names what it replaces
+    train = VideoClassificationDataset(samples, tmp_path, num_frames=2, mode="train", max_bad_fraction=0.6)
+    train.set_epoch(0)
+    items = [train[i] for i in range(len(train))]
+    assert all(it["index"] < 4 for it in items) and all(b >= 4 for it in items[4:] for b in it["bad_indices"])
+    assert [it["index"] for it in items[4:]] == [train[i]["index"] for i in range(4, 7)]  # deterministic
+    assert set(collate_skipping(items)["bad_indices"].tolist()) == {4, 5, 6}
 
 
-def test_bad_fraction_threshold_raises(make_video, tmp_path):
+@pytest.mark.parametrize(("num_bad", "limit", "stops"), [(2, 0.01, True), (2, 0.05, False), (1, 0.0, True)])
+def test_bad_fraction_is_over_the_whole_set(make_video, tmp_path, num_bad, limit, stops):
+    """2 bad of 50 (4%): stops at a 1% limit (at the first bad one: 0.5 allowed), runs
+    through at 5% (2.5 allowed) wherever the bad ones sit, even at the very start."""
     good = make_video("g.mp4", num_frames=12, size=(32, 32))
-    for i in range(3):
+    for i in range(num_bad):
         (tmp_path / f"bad{i}.mp4").write_bytes(b"\x00" * 100)
-    samples = [(good.name, 0)] * 3 + [(f"bad{i}.mp4", 0) for i in range(3)]
+    samples = [(f"bad{i}.mp4", 0) for i in range(num_bad)] + [(good.name, 0)] * (50 - num_bad)
+    for mode in ("test", "train"):
+        ds = VideoClassificationDataset(samples, tmp_path, num_frames=2, mode=mode, max_bad_fraction=limit)
+        if stops:
+            with pytest.raises(DatasetError, match=rf"(?s)\b{int(limit * 50) + 1} of 50 samples are unreadable .*bad0.mp4.*kinetix data check"):
+                [ds[i] for i in range(len(ds))]
+        else:
+            [ds[i] for i in range(len(ds))]
+            assert len(ds.bad_indices) == num_bad
+            check_bad_fraction(num_bad, 50, limit)  # the engine's whole-set check agrees
+    with pytest.raises(ValueError, match="max_bad_fraction"):
+        VideoClassificationDataset(samples, tmp_path, max_bad_fraction=1.5)
+
+
+def test_truncated_video_is_a_bad_sample(make_video, tmp_path):
+    """A tail-truncated mp4 (header at the front, data cut at 40%): its header still says 90
+    frames; sampling over those hits missing frames -> the sample is bad, never re-sampled from
+    the 36 frames that survived."""
+    full = _faststart_mp4(tmp_path / "full.mp4", 90)
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(full.read_bytes()[: int(full.stat().st_size * 0.4)])
+    with VideoReader(cut) as r:
+        assert r.num_frames == 90 and r.index.present < 60
+        r.get_frames([0, 1])  # the part that is there decodes
+        with pytest.raises(VideoDecodeError, match=r"truncated: it declares 90 frames but holds only \d+"):
+            r.get_frames([0, 89])
     ds = VideoClassificationDataset(
-        samples, tmp_path, num_frames=2, mode="test", max_bad_fraction=0.1, min_attempts=4
+        [("full.mp4", 0), ("cut.mp4", 1)], tmp_path, num_frames=8, mode="test", max_bad_fraction=0.5
     )
-    ds[0], ds[1], ds[2]  # 3 good attempts
-    with pytest.raises(DatasetError, match=r"(?s)1 of 4 sample loads failed .*bad0.mp4.*kinetix data check"):
-        ds[3]
-    lenient = VideoClassificationDataset(
-        samples, tmp_path, num_frames=2, mode="test", max_bad_fraction=0.9, min_attempts=4
-    )
-    assert all(lenient[i]["index"] < 3 for i in range(6)) and lenient.failures >= 3
+    assert not ds[0].get("skipped") and ds[1]["skipped"] and "truncated" in ds[1]["reason"]
+
+
+def _faststart_mp4(path, num_frames):
+    """An H.264 mp4 with its index (moov) at the front, as web videos are."""
+    frames = np.random.default_rng(0).integers(0, 255, (num_frames, 48, 48, 3), dtype=np.uint8)
+    with av.open(str(path), "w", options={"movflags": "+faststart"}) as c:
+        s = c.add_stream("libx264", rate=30)
+        s.width = s.height = 48
+        s.pix_fmt = "yuv420p"
+        for f in frames:
+            c.mux(s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        c.mux(s.encode())
+    return path
 
 
 def test_kinetics_untrimmed_span_and_rawframes(make_video, make_frame_folder, decode_all, tmp_path):

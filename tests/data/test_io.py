@@ -270,6 +270,22 @@ def test_truncated_streamable_file_keeps_its_readable_frames(make_video, decode_
         np.testing.assert_array_equal(r.get_frames(range(len(ref))).numpy(), ref)
 
 
+def test_resolution_change_mid_stream_is_scaled_to_the_first_size(tmp_path):
+    """Two MPEG-TS files of different sizes, concatenated (a valid stream whose resolution changes
+    mid-way): every frame comes out at the first size, the second part's content intact."""
+    a = write_video(tmp_path / "a.ts", np.full((15, 32, 48, 3), 200, np.uint8), 30, gop=5)
+    b = write_video(tmp_path / "b.ts", np.full((15, 64, 40, 3), 50, np.uint8), 30, gop=5)
+    both = tmp_path / "ab.ts"
+    both.write_bytes(a.read_bytes() + b.read_bytes())
+    with VideoReader(both) as r:
+        frames = r.get_frames(np.arange(r.num_frames))
+        assert r.num_frames == 30 and frames.shape == (30, 32, 48, 3) == (30, r.height, r.width, 3)
+        grey = frames.float().mean((1, 2, 3))
+        assert (grey[:15] - 200).abs().max() < 4 and (grey[15:] - 50).abs().max() < 4
+    with VideoReader(both, short_side=16) as r:
+        assert r.get_frames([0, 29]).shape == (2, 16, 24, 3)
+
+
 def test_index_out_of_range(tiny_video):
     with VideoReader(tiny_video) as r:
         with pytest.raises(IndexError, match="72 frames"):

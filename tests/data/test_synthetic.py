@@ -15,8 +15,10 @@ from kinetix.data.synthetic import (
     DETECTION_ACTIONS,
     TEMPORAL_CLASSES,
     generate,
+    load_temporal_mask,
     render_temporal,
     sample_temporal_params,
+    temporal_mask,
 )
 from kinetix.errors import DatasetError
 
@@ -155,6 +157,49 @@ def test_generate_rejects_bad_arguments(tmp_path):
 def test_regenerating_into_a_synthetic_folder_is_allowed(temporal):
     out, summary = temporal
     assert generate("temporal", out, seed=3, **SMALL_T) == summary
+
+
+@pytest.mark.parametrize("name", sorted(TEMPORAL_CLASSES))
+def test_temporal_mask_matches_the_rendered_pixels(name):
+    """The mask is where the shape shows: the render differs from a render of the same parameters
+    with the shape painted in the background colour by more than half the colour contrast."""
+    size, T = 48, 9
+    params = sample_temporal_params(name, size, np.random.default_rng(11))
+    frames = render_temporal(name, params, T, size).astype(np.int32)
+    hidden = params.colours.copy()
+    hidden[1] = hidden[0]
+    background = render_temporal(name, dataclasses.replace(params, colours=hidden), T, size).astype(np.int32)
+    contrast = np.abs(params.colours[1] - params.colours[0]).sum()
+    shown = np.abs(frames - background).sum(-1) > 0.5 * contrast  # (T, H, W)
+    mask = temporal_mask(name, params, T, size)
+    assert mask.shape == (T, size, size) and mask.dtype == bool
+    assert (mask == shown).mean() > 0.995, (mask != shown).sum()
+    assert mask.any()  # every class shows its shape in some frame (fades: not in all)
+    if TEMPORAL_CLASSES[name][0] == "fade":
+        areas = mask.sum((1, 2))
+        assert areas[0 if name == "appearing" else -1] == 0 < areas[-1 if name == "appearing" else 0]
+
+
+def test_load_temporal_mask_matches_the_decoded_video(temporal):
+    out, _ = temporal
+    for line in (out / "train.txt").read_text().splitlines()[:4]:
+        rel = line.split()[0]
+        mask = load_temporal_mask(out, out / rel)  # (T, H, W)
+        with VideoReader(out / rel) as r:
+            frames = r.get_frames(np.arange(r.num_frames)).numpy().astype(np.float32)
+        assert mask.shape == frames.shape[:3]
+        agree = []
+        for f, m in zip(frames, mask):
+            if m.sum() < 4 or (~m).sum() < 4:
+                continue
+            fg, bg = np.median(f[m], 0), np.median(f[~m], 0)  # (3,) each
+            nearer_fg = np.linalg.norm(f - fg, axis=-1) < np.linalg.norm(f - bg, axis=-1)
+            agree.append((nearer_fg == m).mean())
+        assert agree and min(agree) > 0.95, agree
+    with pytest.raises(DatasetError, match="not a video"):
+        load_temporal_mask(out, "elsewhere/clip.mp4")
+    with pytest.raises(DatasetError, match=r"synth\.json"):
+        load_temporal_mask(out / "videos", out / rel)
 
 
 # ----------------------------------------------------------------------------- detection

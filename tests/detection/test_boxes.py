@@ -59,6 +59,7 @@ def test_conversions_and_deltas_round_trip():
 def test_clip_and_extend():
     b = torch.tensor([[10.0, 20, 60, 120], [-5, -5, 300, 10]])
     torch.testing.assert_close(clip_boxes(b, 100, 200), torch.tensor([[10.0, 20, 60, 100], [0, 0, 200, 10]]))
-    # w = 50, h = 100: pad 0.2·50 = 10 left/right and 0.1·100 = 10 top/bottom, then clip to 128×256
+    # official EVADRoIHead.bbox_extension: w = 60 − 10 + 1 = 51, h = 120 − 20 + 1 = 101; pad 0.2·51 = 10.2
+    # left/right and 0.1·101 = 10.1 top/bottom, then clip to [0, 255] × [0, 127] (clip_boxes_tensor)
     ext = extend_boxes(b[:1], (0.4, 0.2), height=128, width=256)
-    torch.testing.assert_close(ext, torch.tensor([[0.0, 10, 70, 128]]))
+    torch.testing.assert_close(ext, torch.tensor([[0.0, 9.9, 70.2, 127]]))

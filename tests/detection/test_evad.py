@@ -246,3 +246,81 @@ def test_keyframe_slice_holds_the_annotated_frame(num_frames):
     S = grid[1] * grid[2]
     changed = (a - b).abs().amax(-1)[0] > 0  # (t·S,) tokens that saw the annotated frame
     assert changed[:S].all() and not changed[S:].any()
+
+
+# ---- actor features: RoI extension + per-slice RoIAlign, spatial max, temporal mean ----------------
+# MCG-NJU/EVAD ``projects/evad/models/head_helper.py`` (EVADRoIHead): ``bbox_extension`` takes the
+# final-stage boxes *unclipped* (``bboxes = pred_bboxes.detach()``), ``boxw = xmax − xmin + 1``
+# (``TO_REMOVE = 1``), pads ``x_scale·boxw/2`` and ``y_scale·boxh/2`` on each side (ROI_EXTENSION
+# (0.4, 0.2)) and clips with SlowFast's ``clip_boxes_tensor`` to [0, w − 1] × [0, h − 1] of the unpadded
+# image; then for every temporal slice ``ROIPooler`` (ROIAlignV2 = aligned, 7×7, sampling ratio 2,
+# scale 1/16) with the same boxes, stacked to (B·P, C, t, 7, 7), ``AdaptiveMaxPool3d((t, 1, 1))``
+# (spatial max) and ``AvgPool3d((t, 1, 1))`` (temporal mean).
+def _official_extension(box, ratio, H, W):
+    x1, y1, x2, y2 = box
+    pw, ph = ratio[0] * (x2 - x1 + 1) / 2, ratio[1] * (y2 - y1 + 1) / 2
+    lims = (W - 1, H - 1, W - 1, H - 1)
+    return [min(max(v, 0.0), lim) for v, lim in zip((x1 - pw, y1 - ph, x2 + pw, y2 + ph), lims)]
+
+
+def _bilinear(fm, y, x):
+    """ROIAlign's bilinear sample of one ``(C, h, w)`` map (0 outside [-1, h] × [-1, w], else clamped)."""
+    C, h, w = fm.shape
+    if y < -1.0 or y > h or x < -1.0 or x > w:
+        return torch.zeros(C, dtype=fm.dtype)
+    y, x = min(max(y, 0.0), h - 1.0), min(max(x, 0.0), w - 1.0)
+    y0, x0 = int(y), int(x)
+    y1, x1 = min(y0 + 1, h - 1), min(x0 + 1, w - 1)
+    ly, lx = y - y0, x - x0
+    return ((1 - ly) * (1 - lx) * fm[:, y0, x0] + (1 - ly) * lx * fm[:, y0, x1]
+            + ly * (1 - lx) * fm[:, y1, x0] + ly * lx * fm[:, y1, x1])  # fmt: skip
+
+
+def _roi_align_v2(fm, box, scale, out=7, ratio=2):
+    """One aligned RoIAlign: ``(C, out, out)``, each bin the mean of ratio × ratio samples."""
+    x1, y1, x2, y2 = (v * scale - 0.5 for v in box)
+    bw, bh = (x2 - x1) / out, (y2 - y1) / out
+    res = torch.zeros(fm.shape[0], out, out, dtype=fm.dtype)
+    for i in range(out):
+        for j in range(out):
+            for a in range(ratio):
+                for b in range(ratio):
+                    res[:, i, j] += _bilinear(fm, y1 + (i + (a + 0.5) / ratio) * bh, x1 + (j + (b + 0.5) / ratio) * bw)
+    return res / ratio**2
+
+
+def test_actor_features_match_the_official_extension_and_pooling():
+    torch.manual_seed(0)
+    head = create_model("test_evad").det_head.double()
+    B, D, (t, h, w), (H, W) = 2, 32, (4, 3, 5), (48, 80)  # 16-px patches on a 48 × 80 keyframe
+    full = torch.randn(B, t * h * w, D, dtype=torch.float64)  # time-major (t, h, w) map
+    boxes = torch.tensor([[[10.0, 5, 40, 30], [-12, -6, 30, 52], [60, 20, 95, 47]],  # 2nd/3rd stick out
+                          [[0.0, 0, 79, 47], [33, 11, 34.5, 20], [70, 40, 90, 60]]], dtype=torch.float64)  # fmt: skip
+    got = head.actor_features(full, boxes, (t, h, w), (H, W))
+    maps = full.view(B, t, h, w, D).permute(0, 1, 4, 2, 3)  # (B, t, D, h, w)
+    for b in range(B):
+        for p in range(boxes.shape[1]):
+            roi = _official_extension(boxes[b, p].tolist(), (0.4, 0.2), H, W)
+            per_slice = [_roi_align_v2(maps[b, s], roi, 1 / 16).amax((1, 2)) for s in range(t)]  # spatial max
+            torch.testing.assert_close(got[b, p], torch.stack(per_slice).mean(0))  # temporal mean
+
+
+def test_context_head_gets_the_unclipped_final_boxes():
+    m = create_model("test_evad").eval()
+    with torch.no_grad():  # proposals larger than the image: the final boxes stick out of it
+        m.sparse_rcnn.init_proposal_boxes.weight[:, 2:] = 1.6
+    seen = {}
+
+    def final_boxes(mod, args, out):
+        seen["final"] = out[1][-1]
+
+    def head_boxes(mod, args):
+        seen["head"] = args[4]
+
+    m.sparse_rcnn.register_forward_hook(final_boxes)
+    m.det_head.register_forward_pre_hook(head_boxes)
+    with torch.no_grad():
+        out = m(_clip(64, 80))
+    assert torch.equal(seen["head"], seen["final"])
+    assert (seen["final"][..., 2] > 80).any() or (seen["final"][..., 0] < 0).any()
+    assert all((o.boxes[:, 0] >= 0).all() and (o.boxes[:, 2] <= 80).all() for o in out)  # outputs clipped

@@ -21,6 +21,8 @@ CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"
 
 def _write(tmp_path, text):
     p = tmp_path / "c.yaml"
+    if "model:" not in text and text.strip():  # a config must name its model (appended: lines keep)
+        text += "model:\n  name: test_tsm\n"
     p.write_text(text)
     return p
 

@@ -121,7 +121,26 @@ def test_bninception_image_weights():
         image["conv1_7x7_s2_bn.weight"] = image["conv1_7x7_s2_bn.weight"].view(1, 64)  # Caffe (1, C)
         assert load_image_weights(create_model("tsn_bninception"), image) == []
         missing = load_image_weights(create_model("gsm_bninception"), image)
-        assert len(missing) == 10 * 7 and all(k.startswith("gsm_") for k in missing)  # conv3D w/b + bn (5)
+        assert len(missing) == 10 * 6 and all(k.startswith("gsm_") for k in missing)  # conv3D w/b + bn (4)
         del image["inception_4d_1x1.bias"]
         with pytest.raises(CheckpointError, match=r"inception_4d_1x1\.bias"):
             load_image_weights(create_model("gsm_bninception"), image)
+
+
+@pytest.mark.parametrize("name,size", [("test_gsm", 64), ("test_tsm_nl", 64), ("test_gsm_inceptionv3", 75)])
+def test_channels_last_with_5d_temporal_weights(name, size):
+    """GSM gates and non-local projections are Conv3d (5-D weights): channels_last converts only
+    the 2-D convolutions and gives the same logits."""
+    a = create_model(name).eval()
+    for m in a.modules():
+        if isinstance(m, GateShift):
+            torch.nn.init.normal_(m.conv3D.weight, std=0.2)
+    torch.nn.init.normal_(a.fc.weight, std=0.5)
+    b = create_model(name, channels_last=True).eval()
+    b.load_state_dict(a.state_dict())
+    assert b.backbone.state_dict()[next(k for k, v in b.backbone.state_dict().items() if v.dim() == 4)].is_contiguous(
+        memory_format=torch.channels_last
+    )
+    x = torch.randn(2, 3, 8, size, size)
+    with torch.no_grad():
+        torch.testing.assert_close(b(x), a(x), rtol=1e-4, atol=1e-4)

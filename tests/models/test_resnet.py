@@ -5,7 +5,7 @@ import torch
 
 from kinetix.errors import CheckpointError
 from kinetix.layers.temporal import GateShift, TemporalShift
-from kinetix.models.resnet import BasicBlock, Bottleneck, ResNet, load_image_weights, resnet
+from kinetix.models.resnet import BasicBlock, Bottleneck, ResNet, TemporalMaxPool, load_image_weights, resnet
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 
@@ -57,10 +57,38 @@ def test_block_slot_shifts_identity_too():
     assert torch.allclose(y, torch.relu(TemporalShift(8, 4)(x)))
 
 
-def test_temporal_pool_halves_frames():
+# Official TSM (mit-han-lab/temporal-shift-module ``ops/temporal_shift.py``): ``make_temporal_pool`` wraps
+# ``net.layer2`` in ``TemporalPool``, whose forward max-pools the (n, c, t, h, w) view over time with
+# ``F.max_pool3d(kernel_size=(3, 1, 1), stride=(2, 1, 1), padding=(1, 0, 0))`` before running layer2;
+# ``make_temporal_shift(..., temporal_pool=True)`` gives layers 2-4 n_segment // 2 frames.
+def _pool_reference(x, T):
+    """Frame j of the output = elementwise max over input frames 2j-1, 2j, 2j+1 that exist."""
+    B = x.shape[0] // T
+    v = x.view(B, T, *x.shape[1:])
+    out = [torch.stack([v[:, f] for f in (2 * j - 1, 2 * j, 2 * j + 1) if 0 <= f < T]).amax(0)
+           for j in range((T + 1) // 2)]  # fmt: skip
+    return torch.stack(out, 1).flatten(0, 1)  # (B * ceil(T/2), C, H, W)
+
+
+@pytest.mark.parametrize("T", [8, 4, 5])
+def test_temporal_max_pool_values(T):
+    x = torch.randn(3 * T, 4, 2, 3)
+    y = TemporalMaxPool(T)(x)
+    torch.testing.assert_close(y, _pool_reference(x, T), rtol=0, atol=0)
+
+
+def test_temporal_pool_sits_before_layer2_and_halves_frames():
     m = _tiny(temporal=TemporalShift, temporal_pool=True).eval()
-    assert m.layer2[0].temporal_in.num_frames == 2
-    assert m.forward_features(torch.randn(2 * 4, 3, 32, 32)).shape[0] == 2 * 2
+    assert m.layer1[0].temporal_in.num_frames == 4
+    assert all(b.temporal_in.num_frames == 2 for layer in (m.layer2, m.layer3, m.layer4) for b in layer)
+    seen = {}
+    m.layer1.register_forward_hook(lambda mod, args, out: seen.update(layer1=out) or None)
+    m.layer2.register_forward_pre_hook(lambda mod, args: seen.update(layer2=args[0]) or None)
+    x = torch.randn(2 * 4, 3, 32, 32)
+    y = m.forward_features(x)
+    torch.testing.assert_close(seen["layer2"], _pool_reference(seen["layer1"], 4), rtol=0, atol=0)
+    torch.testing.assert_close(y, m.layer4(m.layer3(m.layer2(seen["layer2"]))))
+    assert y.shape[0] == 2 * 2
 
 
 def test_channels_last_matches():
