@@ -329,7 +329,7 @@ def test_readme_runs(tmp_path, monkeypatch):
                 env=env,
                 capture_output=True,
                 text=True,
-                timeout=900,
+                timeout=1800,
             )
             assert res.returncode == 0, (
                 f"{block} failed:\n{block.code}\n--- stdout\n{res.stdout[-3000:]}\n--- stderr\n{res.stderr[-3000:]}"
