@@ -74,6 +74,7 @@ def test_export_tiny_family(tmp_path, randomize, name, kwargs):
     _check_file(model, res.path)
 
 
+@pytest.mark.slow  # CI covers --dynamic-batch in tests/cli/test_export_cli.py
 def test_export_dynamic_batch(tmp_path, randomize):
     model = randomize(create_model("test_tsm"))
     res = export_onnx(model, tmp_path / "m.onnx", dynamic_batch=True)
