@@ -142,7 +142,7 @@ def top_classes(scores: torch.Tensor, class_names: list[str], topk: int) -> list
     return [{"label": int(j), "name": class_names[j], "prob": float(q)} for q, j in zip(p, i)]
 
 
-def evaluate(cfg, checkpoint, out_dir, *, trainer_kwargs=None, quiet: bool = False) -> dict:
+def evaluate(cfg, checkpoint, out_dir, *, trainer_kwargs=None) -> dict:
     """Multi-view test of a checkpoint: metrics dict; ``per_class.csv``, ``confusion.png``,
     ``metrics.json`` and ``predictions.jsonl`` (each video's top-5) in ``out_dir``."""
     module, dm = build(cfg, "test", checkpoint=checkpoint)
