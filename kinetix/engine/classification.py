@@ -28,6 +28,7 @@ from .task import build_model, load_weights, resolve_path
 from .trainer import build_trainer
 
 MONITOR = "val/top1"  # the metric a `best` checkpoint tracks for this task
+load_clip_views = load_test_views  # the earlier name, kept for callers of the engine
 
 
 def read_class_names(path: str | Path) -> list[str]:
