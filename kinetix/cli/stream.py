@@ -115,6 +115,8 @@ def run(args) -> int:
         print("interrupted")
     elif report.ended != "end":
         print(f"{args.source}: {report.ended}")
+        if report.failed:  # stopped early (truncated file, decode or network error): an error too
+            print(f"kinetix stream: error: {args.source}: {report.ended}", file=sys.stderr)
     print(report.stats.summary())
     if args.out:
         print(f"overlay: {args.out}")

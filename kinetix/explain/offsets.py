@@ -1,11 +1,13 @@
 """SIFA's learned offset field (Long et al., "Stand-Alone Inter-Frame Attention in Video Models",
 CVPR 2022): where each position of frame t looks for its keys in frame t+1.
 
-Every :class:`~kinetix.layers.temporal.InterFrameAttention` predicts ``2K²`` offsets per position
-with its ``conv_offset`` (from the motion-saliency map); a forward hook on that conv reads them. The
-field shown is the mean displacement of the ``K x K`` taps, ``(dy, dx)`` per position, converted to
-input pixels (feature stride ``H / h``). Blocks with fixed zero offsets (the released
-SIFA-Transformer's ``InterFrameResidual``) have no field to show.
+Every SIFA block with learned offsets — SIFA-Net's :class:`~kinetix.layers.temporal.InterFrameAttention`,
+SIFA-Transformer's ``InterFrameResidual`` built with ``sifa_offsets="learned"`` (the paper's block) —
+predicts ``2K²`` offsets per position and time step with its ``conv_offset`` (``(B*T, 2K², h, w)``, DCN
+layout: channel ``2k`` = dy, ``2k+1`` = dx of tap ``k``) from the motion-saliency map; a forward hook
+on that conv reads them. The field shown is the mean displacement of the ``K x K`` taps, ``(dy, dx)``
+per position, converted to input pixels (feature stride ``W / w``). Blocks with fixed zero offsets
+(the released SIFA-Transformer) have no ``conv_offset`` and no field to show.
 """
 
 from __future__ import annotations
@@ -14,12 +16,11 @@ import torch
 import torch.nn as nn
 
 from kinetix.errors import ConfigError
-from kinetix.layers.temporal import InterFrameAttention
 
 
 def offset_blocks(model: nn.Module) -> list[str]:
-    """Names of the SIFA blocks with learned offsets (``InterFrameAttention``), in model order."""
-    return [n for n, m in model.named_modules() if isinstance(m, InterFrameAttention)]
+    """Names of the SIFA blocks with learned offsets (a ``conv_offset`` conv), in model order."""
+    return [n for n, m in model.named_modules() if isinstance(getattr(m, "conv_offset", None), nn.Conv2d)]
 
 
 @torch.no_grad()
@@ -33,8 +34,8 @@ def offset_field(
     blocks = offset_blocks(model)
     if not blocks:
         raise ConfigError(
-            f"{type(model).__name__} has no SIFA block with learned offsets (InterFrameAttention); "
-            "the offsets method is for SIFA-Net models"
+            f"{type(model).__name__} has no SIFA block with learned offsets; the offsets method is for "
+            "SIFA-Net and SIFA-Transformer built with sifa_offsets='learned'"
         )
     name = block or blocks[0]
     if name not in blocks:

@@ -206,6 +206,7 @@ def synth(tmp_path_factory):
     [
         ("test_tsm", {}),
         ("test_sifa", {}),
+        ("test_sifa_swin", {"sifa_offsets": "learned"}),
         ("test_timesformer", {}),
         ("test_vivit", {"model": 2}),
         ("test_videomae", {}),
@@ -229,6 +230,10 @@ def test_explain_every_family_on_a_real_mp4(synth, tmp_path, name, kwargs):
     if name in ("test_tsm", "test_timesformer"):
         with pytest.raises(ConfigError, match="does not apply"):
             explain_video(model, video, settings, "offsets")
+    if name == "test_sifa_swin":  # learned offsets are shown; the released zero offsets have none
+        assert expl.maps["offsets"].max() > 0
+        with pytest.raises(ConfigError, match="does not support"):
+            explain_video(create_model(name), video, settings)
 
 
 def test_model_input_is_shown_and_masks_line_up(synth):
