@@ -4,8 +4,10 @@ Candidates (see :mod:`kinetix.utils.inference` for the measurements behind them)
 ``"onednn"`` (every ``nn.Linear`` a prepacked oneDNN GEMM, GELU fused) and ``"onnxruntime"`` (the
 model exported with :func:`~kinetix.deploy.export.export_onnx`, checked against PyTorch, run by
 onnxruntime with a dynamic batch; needs the ``deploy`` extra). ``"auto"`` times them on the first
-input of each shape and keeps the fastest; onnxruntime joins the timing with
-``include_onnxruntime=True`` (an export costs seconds to minutes, so it is not in the default set).
+input of each shape and keeps the fastest; onnxruntime joins the timing whenever it is installed
+(``include_onnxruntime=None``): on the project's CPU it runs the video transformers fastest, while
+eager/oneDNN wins for CNNs. Its one-time export costs seconds (tiny models) to about a minute
+(B-size); pass ``include_onnxruntime=False`` to skip it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch.nn as nn
 
 from kinetix.utils.inference import InferenceModel
 
-from ._optional import require
+from ._optional import onnxruntime_available, require
 from .export import export_onnx
 from .runtime import make_session
 
@@ -48,18 +50,21 @@ def optimize_for_inference(
     backend: str = "auto",
     *,
     example: torch.Tensor | None = None,
-    include_onnxruntime: bool = False,
+    include_onnxruntime: bool | None = None,
     threads: int | None = None,
     rtol: float = 1e-4,
 ) -> InferenceModel:
     """The fastest CPU inference path for ``model``: an inference-time switch, ``model`` itself is
     not modified and still trains (the result calls it whenever autograd is on).
 
-    ``backend``: ``"auto"`` (measure and keep the fastest per input shape), ``"eager"``, ``"onednn"``
-    or ``"onnxruntime"``. ``example`` (a batch of clips) makes ``auto`` choose now instead of on the
+    ``backend``: ``"auto"`` (measure and keep the fastest per input shape; onnxruntime among the
+    candidates when installed, unless ``include_onnxruntime=False``), ``"eager"``, ``"onednn"`` or
+    ``"onnxruntime"``. ``example`` (a batch of clips) makes ``auto`` choose now instead of on the
     first call; ``rtol`` is the largest accepted difference to eager, relative to the logit scale.
     """
     factories = {}
+    if include_onnxruntime is None:
+        include_onnxruntime = backend == "auto" and onnxruntime_available()
     if backend == "onnxruntime" or include_onnxruntime:
         require("onnxruntime", "the onnxruntime inference backend")
         factories["onnxruntime"] = lambda m, x: OnnxRuntimeModule(m, x[:1], threads, rtol)

@@ -58,9 +58,10 @@ def _check_file(model, path, batch=1):
     x = _clip(model, batch)
     with torch.no_grad():
         ref = model(x)
-    assert float(ref.std()) > 0.05 * float(ref.abs().max()), "logits near-constant: the check is weak"
-    out = OnnxRecognizer(path)(x)
     scale = float(ref.abs().max())
+    spread = float((ref.max(-1).values - ref.min(-1).values).min())
+    assert spread > 100 * RTOL * scale, "logits near-constant: the tolerance would be vacuous"
+    out = OnnxRecognizer(path)(x)
     assert np.abs(out - ref.numpy()).max() <= RTOL * scale
     return ref
 
