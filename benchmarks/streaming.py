@@ -18,6 +18,7 @@ Goal: MobileNetV2-TSM online >= 30 frames/s end to end on one core, i.e. p95 <= 
 
     python benchmarks/streaming.py                 # 3 rounds of 90 frames (~1 min)
     python benchmarks/streaming.py --rounds 5 --video-size 640x480
+    python benchmarks/streaming.py --onnxruntime   # + the ONNX step model in onnxruntime (deploy extra)
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import numpy as np
 import torch
 
 from kinetix.data.io import write_video
-from kinetix.deploy.stream import FramePreprocess, TorchBackend, open_source, run_stream
+from kinetix.deploy.stream import FramePreprocess, OnnxBackend, TorchBackend, open_source, run_stream
 from kinetix.models import create_model
 
 MODELS = ("tsm_mobilenetv2_online", "tsm_r50_online")
@@ -89,12 +90,13 @@ def parts(name: str, model, video: Path, n: int) -> dict[str, float]:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per model (default 3)")
     ap.add_argument("--frames", type=int, default=90, help="frames per round (default 90)")
     ap.add_argument("--video-size", default="320x240", help="WxH of the synthetic video (default 320x240)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: one core)")
-    ap.add_argument("--models", nargs="+", default=list(MODELS))
+    ap.add_argument("--models", nargs="+", default=list(MODELS), help="models to time (default: all)")
+    ap.add_argument("--onnxruntime", action="store_true", help="also the exported ONNX step model in onnxruntime")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     w, h = (int(v) for v in args.video_size.lower().split("x"))
@@ -104,6 +106,9 @@ def main(argv=None) -> None:
         for m in models.values():  # warm-up (allocator, oneDNN primitives)
             run_stream(open_source(str(video)), TorchBackend(m), FramePreprocess(m.pretrained_cfg), max_frames=10)
         backends = {n: {"optimized": TorchBackend(m), "plain": TorchBackend(m, optimize=False)} for n, m in models.items()}
+        if args.onnxruntime:  # the exported step model (explicit shift caches) in onnxruntime, same threads
+            for n, m in models.items():
+                backends[n]["onnxruntime"] = OnnxBackend(m, m.pretrained_cfg.input_size)
         runs: dict[tuple[str, str], list[tuple[float, ...]]] = {}
         for _ in range(args.rounds):
             for n, m in models.items():
@@ -124,8 +129,9 @@ def main(argv=None) -> None:
             print(f"{n:<24}{kind:<11}{p50:>9.1f}{p95:>7.1f}{c50:>9.1f}{c95:>7.1f}{1000 / c50:>11.1f}"
                   f"{lo:>9.1f}-{hi:<7.1f}  {ok}")  # fmt: skip
         for n in models:
-            o, p = (statistics.median(x[2] for x in runs[(n, k)]) for k in ("optimized", "plain"))
-            print(f"{n}: optimized / plain cpu p50 = {o / p:.2f}")
+            cpu = {k: statistics.median(x[2] for x in runs[(n, k)]) for k in backends[n]}
+            others = ", ".join(f"{k} / plain {v / cpu['plain']:.2f}" for k, v in cpu.items() if k != "plain")
+            print(f"{n}: cpu p50 {others}")
         print("\nparts (median ms per frame, optimized backend) and the sliding-window baseline "
               "(the 8-frame clip re-run per new frame)")  # fmt: skip
         print(f"{'model':<26}{'decode':>8}{'prep':>8}{'step':>8}{'window':>9}{'window/step':>13}")

@@ -45,6 +45,12 @@ def trim(report: dict) -> dict:
 
 def render_table(reports: list[dict]) -> str:
     """The README's demo table (markdown) from demo reports, full demo first."""
+    if not reports:
+        return (
+            "_No demo figures are committed for this version yet: run `make demo` and `kinetix demo "
+            "--quick --out demo_quick`, then `python docs/update_readme_demo.py demo_out/report.json "
+            "demo_quick/report.json`._"
+        )
     order = list(RUNS)
     reports = sorted(reports, key=lambda r: order.index(r["mode"]) if r["mode"] in order else len(order))
     lines = [
@@ -104,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
     README.write_text(new)
-    print(f"updated {README} from {', '.join(p.name for p in sorted(REPORTS.glob('report_*.json')))}")
+    print(
+        f"updated {README} from {', '.join(p.name for p in sorted(REPORTS.glob('report_*.json'))) or 'no reports'}"
+    )
     return 0
 
 

@@ -19,6 +19,19 @@ __all__ = [
     "__version__",
     "count_flops",
     "create_model",
+    "export_onnx",
     "list_models",
+    "optimize_for_inference",
     "register_model",
 ]
+
+_DEPLOY = ("export_onnx", "optimize_for_inference")
+
+
+def __getattr__(name: str):
+    """``kinetix.export_onnx`` / ``kinetix.optimize_for_inference``, imported on first use."""
+    if name in _DEPLOY:
+        from kinetix import deploy
+
+        return getattr(deploy, name)
+    raise AttributeError(f"module 'kinetix' has no attribute {name!r}")

@@ -44,6 +44,11 @@ class ConfigError(KinetixError):
     """A config file or a command-line override is invalid."""
 
 
+class ModelArgumentError(ConfigError, ValueError, TypeError):
+    """A model's entry point or constructor rejected an argument or its value (``model.kwargs``).
+    Also a ``ValueError``/``TypeError``, what the constructor itself raised."""
+
+
 class CheckpointError(KinetixError):
     """A checkpoint file cannot be read or does not fit the model."""
 

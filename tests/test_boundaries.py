@@ -1,4 +1,4 @@
-"""Imports point one way (DESIGN.md §3): layers <- models <- detection; data imports none of them;
+"""Imports point one way (docs/architecture.md): layers <- models <- detection; data imports none of them;
 engine, deploy and explain may import those but not the CLI; nothing below the CLI imports deploy or
 explain; the CLI sits on top. And no import cycle between files, inside a package or across
 packages. Walks every module's imports with ``ast`` (function-level imports included)."""
@@ -60,7 +60,7 @@ def test_imports_point_one_way(path):
     assert not bad, (
         f"{path.relative_to(ROOT.parent)} imports "
         + ", ".join(f"kinetix.{s} (line {line})" for s, line in sorted(bad))
-        + f": kinetix.{sub} must not depend on these (DESIGN.md §3)"
+        + f": kinetix.{sub} must not depend on these (docs/architecture.md)"
     )
 
 
@@ -85,7 +85,7 @@ def test_no_torchvision_or_timm():
                 mods = [node.module or ""]
             for m in mods:
                 assert m.split(".")[0] not in {"torchvision", "timm", "mmcv", "detectron2"}, (
-                    f"{path}: imports {m}, which cannot work here (DESIGN.md §1)"
+                    f"{path}: imports {m}, which kinetix does not depend on (its ops are pure PyTorch)"
                 )
 
 
@@ -151,7 +151,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_no_import_cycles():
     cycles = _cycles(_file_graph(ROOT))
-    assert not cycles, "import cycles between files (DESIGN.md §3): " + "; ".join(
+    assert not cycles, "import cycles between files (docs/architecture.md): " + "; ".join(
         " <-> ".join(c) for c in cycles
     )
 

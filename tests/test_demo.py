@@ -2,11 +2,15 @@
 the real ``--quick`` run (marked slow) checks the claim: TSN near chance on the time-reversed
 pairs, TSM at least 90%."""
 
+import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 
 from kinetix.cli.main import main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _check_report(out, models):
@@ -32,7 +36,14 @@ def _check_report(out, models):
 def test_demo_smoke_writes_report(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--smoke", "--out", str(out), "--no-progress"]) == 0
-    _check_report(out, ["test_tsn", "test_tsm"])
+    report = _check_report(out, ["test_tsn", "test_tsm"])
+    # docs/update_readme_demo.py renders the README's demo table from this very file
+    spec = importlib.util.spec_from_file_location("readme_demo", ROOT / "docs" / "update_readme_demo.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    table = script.render_table([json.loads((out / "report.json").read_text())])
+    tsm = report["models"]["test_tsm"]
+    assert f"| TSM | {tsm['normal']['top1']:.1f}% | {tsm['normal']['pairs_top1']:.1f}% |" in table
     _check_html_and_pictures(out)
     text = capsys.readouterr().out
     assert "pairs, reversed input" in text and "TSN direction on reversed pairs near chance" in text
@@ -55,6 +66,19 @@ def test_quick_demo_shows_the_claim(tmp_path):
     assert 35.0 <= report["models"]["test_tsn"]["normal"]["pairs_direction"] <= 65.0
     assert report["models"]["test_tsm"]["normal"]["pairs_direction"] >= 90.0
     assert report["models"]["test_tsm"]["reversed"]["pairs_top1"] <= 20.0  # reversed clips flip it
+    # the README's figures (rendered from docs/demo/report_quick.json) are what this code gives;
+    # a few points of slack for thread-count-dependent float sums over 40 epochs
+    committed = ROOT / "docs" / "demo" / "report_quick.json"
+    readme = json.loads(committed.read_text()) if committed.exists() else {"models": {}}
+    for m in readme["models"]:
+        for split in ("normal", "reversed"):
+            for key in ("top1", "pairs_top1", "pairs_direction"):
+                got, shown = report["models"][m][split][key], readme["models"][m][split][key]
+                assert abs(got - shown) <= 5.0, (
+                    f"README demo table is stale ({m} {split} {key}: README {shown}, now {got}): rerun "
+                    "`make demo`, `kinetix demo --quick --out Q` and `python docs/update_readme_demo.py "
+                    "demo_out/report.json Q/report.json`"
+                )
 
 
 class _Page(__import__("html.parser").parser.HTMLParser):

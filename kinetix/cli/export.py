@@ -91,9 +91,12 @@ def run(args) -> int:
     from kinetix.deploy import export_onnx, export_step_onnx
     from kinetix.errors import ConfigError
 
+    from ._common import check_output_path
+
     out = Path(args.out)
     if out.suffix != ".onnx":
         raise ConfigError(f"--out must end in .onnx, got {out}")
+    check_output_path(out, "--out")
     if out.exists() and not args.force:
         raise ConfigError(f"{out} exists; pass --force to overwrite it")
     for flag in ("frames", "size", "batch"):

@@ -66,6 +66,17 @@ def _setup_logging(command: str) -> None:
         logger.addHandler(_HANDLER)  # root has no handler in a CLI run: nothing prints twice
 
 
+def error_message(e: BaseException) -> str:
+    """The message of ``e`` without the traceback text PyTorch's DataLoader puts into errors it
+    re-raises from a worker process ("Caught X in DataLoader worker process N. Original Traceback ...")."""
+    text = str(e)
+    if "Original Traceback (most recent call last)" not in text:
+        return text
+    name = f"\n{type(e).__module__}.{type(e).__name__}: "
+    i = text.rfind(name)
+    return text[i + len(name) :].strip() if i >= 0 else text.splitlines()[0]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -76,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except KinetixError as e:
-        print(f"kinetix {args.command}: error: {e}", file=sys.stderr)
+        print(f"kinetix {args.command}: error: {error_message(e)}", file=sys.stderr)
         return 2
     except OSError as e:  # the machine's side: permissions, a full disk, a path that is a file ...
         where = f"{e.filename}: " if e.filename else ""

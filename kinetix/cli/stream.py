@@ -21,11 +21,12 @@ from kinetix.errors import ConfigError
 EXAMPLES = """examples:
   kinetix stream clip.mp4 --checkpoint runs/online_tsm --out overlay.mp4
   kinetix stream clip.mp4 --checkpoint runs/online_tsm --realtime
+  kinetix stream clip.mp4 --checkpoint runs/online_tsm --backend torch
   kinetix stream frames/ --model tsm_mobilenetv2_online --checkpoint converted.safetensors
-  kinetix stream /dev/video0 --checkpoint runs/online_tsm              (Linux camera)
-  kinetix stream avfoundation:0 --checkpoint runs/online_tsm           (macOS camera)
-  kinetix stream "dshow:video=Integrated Camera" --checkpoint runs/online_tsm   (Windows)
-  kinetix stream rtsp://192.168.1.20:554/live --checkpoint runs/online_tsm"""
+  kinetix stream /dev/video0 --checkpoint runs/online_tsm              # Linux camera
+  kinetix stream avfoundation:0 --checkpoint runs/online_tsm           # macOS camera
+  kinetix stream "dshow:video=Integrated Camera" --checkpoint runs/online_tsm   # Windows camera
+  kinetix stream rtsp://camera.local:554/live --checkpoint runs/online_tsm"""
 
 
 def register(sub) -> None:
@@ -52,7 +53,14 @@ def register(sub) -> None:
         action="store_true",
         help="pace a file or folder at its frame rate, dropping frames when the model falls behind",
     )
-    p.add_argument("--backend", choices=BACKENDS, default="torch", help="inference backend (default: torch)")
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="torch, onnxruntime (the model exported as an ONNX step model with explicit shift caches, "
+        "checked against torch; pip install 'kinetix[deploy]') or auto (default): both timed on a few "
+        "frames, the faster used; torch when onnxruntime is not installed",
+    )
     p.add_argument("--smooth", type=int, default=12, metavar="N", help="frames of logits averaged (default: 12)")
     p.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
     p.add_argument("--timeout", type=float, default=10.0, metavar="S", help="seconds to wait for a network source")
@@ -71,7 +79,12 @@ def run(args) -> int:
             raise ConfigError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     model, settings, class_names = load_stream_model(args.checkpoint, args.model)
-    backend = make_backend(args.backend, model)
+    open_source(args.source, timeout=args.timeout).close()  # fail fast, before a backend is built
+    backend = make_backend(args.backend, model, settings.input_size)
+    timings = getattr(backend, "timings", None)
+    if timings and not args.quiet:
+        what = ", ".join(f"{k} {v:.1f} ms" if isinstance(v, float) else f"{k} {v}" for k, v in timings.items())
+        print(f"backend: {backend.name} ({what} per step)")
     source = open_source(args.source, timeout=args.timeout)
     tty = sys.stdout.isatty()
 
@@ -102,6 +115,8 @@ def run(args) -> int:
         print("interrupted")
     elif report.ended != "end":
         print(f"{args.source}: {report.ended}")
+        if report.failed:  # stopped early (truncated file, decode or network error): an error too
+            print(f"kinetix stream: error: {args.source}: {report.ended}", file=sys.stderr)
     print(report.stats.summary())
     if args.out:
         print(f"overlay: {args.out}")

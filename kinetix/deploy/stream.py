@@ -14,7 +14,8 @@ wires that to real sources:
   frame (decode-time resize of the short side, centre crop, mean/std, RGB/BGR), the same pixels
   ``kinetix test`` / ``predict`` feed the model.
 - backends with ``step(frame) -> logits`` and ``reset()``: :class:`TorchBackend` wraps
-  :class:`~kinetix.models.recognizer2d.StreamingRecognizer`.
+  :class:`~kinetix.models.recognizer2d.StreamingRecognizer`, :class:`OnnxBackend` runs the
+  exported step model (explicit shift caches) in onnxruntime.
 - :class:`LabelSmoother` — the label is the argmax of the mean logits of the last ``history``
   frames (the official online demo sums the last 12).
 - :func:`run_stream` — the loop: read, preprocess, step, smooth, report, draw (``--out``), pace a
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -47,11 +49,16 @@ from kinetix.models.recognizer2d import Recognizer2D, StreamingRecognizer
 from kinetix.models.resnet import BasicBlock, Bottleneck, ResNet
 from kinetix.utils.state_dict import read_safetensors_metadata
 
+from ._optional import onnxruntime_available
+from .export import export_step_onnx
+from .runtime import OnnxStreamingRecognizer
+
 __all__ = [
     "BACKENDS",
     "FramePreprocess",
     "FrameSource",
     "LabelSmoother",
+    "OnnxBackend",
     "SourceFrame",
     "StreamError",
     "StreamReport",
@@ -65,7 +72,7 @@ __all__ = [
     "run_stream",
 ]
 
-BACKENDS = ("torch", "onnxruntime")
+BACKENDS = ("auto", "torch", "onnxruntime")
 _DEVICE_FORMATS = ("v4l2", "avfoundation", "dshow")
 _URL_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
 
@@ -326,22 +333,85 @@ class TorchBackend:
         self.stream.reset()
 
 
-def make_backend(name: str, model: torch.nn.Module):
-    """The streaming backend ``name`` (one of :data:`BACKENDS`) for ``model``."""
-    if name == "torch":
-        try:
-            return TorchBackend(model)
-        except ValueError as e:  # not a causal model
-            raise ConfigError(
-                f"{getattr(model, 'model_name', type(model).__name__)} cannot stream: {e}. Use an online model "
-                "(tsm_mobilenetv2_online, tsm_r50_online, test_tsm_online, ...) trained on clips."
-            ) from None
-    if name == "onnxruntime":
+class OnnxBackend:
+    """onnxruntime: ``model`` exported as an ONNX step model with explicit shift caches
+    (:func:`~kinetix.deploy.export.export_step_onnx`, checked against PyTorch on export) and run by
+    :class:`~kinetix.deploy.runtime.OnnxStreamingRecognizer`. ``path``: where the ``.onnx`` goes
+    (default: a temporary folder, removed with the backend). Needs the ``deploy`` extra."""
+
+    name = "onnxruntime"
+
+    def __init__(self, model: torch.nn.Module, input_size: int, path: str | Path | None = None):
+        self._tmp = None
+        if path is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="kinetix-stream-")
+            path = Path(self._tmp.name) / "step.onnx"
+        export_step_onnx(model.eval(), path, input_size=input_size)
+        self.runner = OnnxStreamingRecognizer(path, threads=torch.get_num_threads())
+
+    def step(self, frame: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.runner.step(frame.numpy()))[0]
+
+    def reset(self) -> None:
+        self.runner.reset()
+
+
+def _model_label(model: torch.nn.Module) -> str:
+    return getattr(model, "model_name", type(model).__name__)
+
+
+def _median_step_ms(backend, frame: torch.Tensor, rounds: int) -> float:
+    times = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        backend.step(frame)
+        times.append(1000 * (time.perf_counter() - t))
+    backend.reset()
+    return float(np.median(times))
+
+
+def make_backend(name: str, model: torch.nn.Module, input_size: int | None = None, rounds: int = 12):
+    """The streaming backend ``name`` (one of :data:`BACKENDS`) for ``model``; ``input_size`` is
+    the frame size (default: the model's).
+
+    ``"auto"``: with onnxruntime installed, both backends are built (the ONNX export is checked
+    against PyTorch) and timed on ``rounds`` interleaved steps; the faster is returned (its
+    ``timings`` attribute holds the medians). Without onnxruntime, or when the export fails, torch."""
+    if name not in BACKENDS:
+        raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}, got {name!r}")
+    try:
+        StreamingRecognizer(model)
+    except ValueError as e:  # not a causal model
         raise ConfigError(
-            "--backend onnxruntime: streaming with the exported ONNX step model is not available in this "
-            "version yet (it needs `pip install kinetix[deploy]` and the ONNX step-model runner); use --backend torch"
-        )
-    raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}, got {name!r}")
+            f"{_model_label(model)} cannot stream: {e}. Use an online model "
+            "(tsm_mobilenetv2_online, tsm_r50_online, test_tsm_online, ...) trained on clips."
+        ) from None
+    size = input_size or model.pretrained_cfg.input_size
+    if name == "torch":
+        return TorchBackend(model)
+    if name == "onnxruntime":
+        return OnnxBackend(model, size)
+    torch_backend = TorchBackend(model)
+    torch_backend.timings = {}
+    if not onnxruntime_available():
+        return torch_backend
+    try:
+        ort_backend = OnnxBackend(model, size)
+    except KinetixError as e:  # an export that does not reproduce torch is never used
+        torch_backend.timings = {"onnxruntime": f"not used: {e}"}
+        return torch_backend
+    frame = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        for b in (torch_backend, ort_backend):  # warm-up
+            _median_step_ms(b, frame, 2)
+        ms = {"torch": [], "onnxruntime": []}
+        for _ in range(3):  # interleaved
+            ms["torch"].append(_median_step_ms(torch_backend, frame, max(1, rounds // 3)))
+            ms["onnxruntime"].append(_median_step_ms(ort_backend, frame, max(1, rounds // 3)))
+    timings = {k: float(np.median(v)) for k, v in ms.items()}
+    best = ort_backend if timings["onnxruntime"] < timings["torch"] else torch_backend
+    best.timings = timings
+    return best
 
 
 class LabelSmoother:

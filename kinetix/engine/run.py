@@ -18,6 +18,7 @@ import torch
 from kinetix.config import config_from_dict, config_to_dict, config_to_yaml
 from kinetix.errors import CheckpointError, ConfigError
 from kinetix.models import create_model
+from kinetix.utils.inference import fast_inference
 
 from . import classification, detection
 from .badsamples import BadSampleTracker
@@ -216,5 +217,6 @@ def predict(
     if views is not None:
         settings = settings.with_views(views)
     aggregate = aggregate or (cfg.eval.aggregate if cfg else "logits")
+    model = fast_inference(model)  # the fastest measured CPU path (kinetix.deploy.optimize_for_inference)
     source = str(checkpoint) if checkpoint is not None else f"{model_name} (published weights)"
     return classification.predict_videos(model, videos, settings, class_names, topk, aggregate, source=source)

@@ -46,8 +46,10 @@ def resolve_path(cfg, value, key: str, must_exist: bool = True) -> Path | None:
     p = Path(value)
     tried = [p]
     root = Path(cfg.data.root) if cfg.data.root else None
-    # a relative path that already starts with data.root is not joined to it again
-    if root is not None and not p.is_absolute() and not p.exists() and not p.is_relative_to(root):
+    # relative to data.root too, unless it is written from the same base folder as data.root
+    # (data.root: data/k400, path: data/k400/train.csv or data/ssv2/x.json: not joined again)
+    same_base = root is not None and root.parts[:1] == p.parts[:1] and not root.is_absolute()
+    if root is not None and not p.is_absolute() and not p.exists() and not same_base:
         tried.append(root / p)
     found = next((t for t in tried if t.exists()), None)
     if found is None and must_exist:

@@ -25,6 +25,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from kinetix.utils.inference import FastLinear
+
 
 class Attention(nn.Module):
     def __init__(
@@ -59,7 +61,10 @@ class Attention(nn.Module):
             qkv = self.qkv(x)
         else:  # VideoMAE: k has no bias
             bias = torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
-            qkv = F.linear(x, self.qkv.weight, bias)
+            if isinstance(self.qkv, FastLinear):  # kinetix.deploy.optimize_for_inference
+                qkv = self.qkv.with_bias(x, bias)
+            else:
+                qkv = F.linear(x, self.qkv.weight, bias)
         return qkv.unflatten(-1, (3, self.num_heads, self.head_dim))
 
     def qkv_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -9,11 +9,19 @@ from __future__ import annotations
 
 import torch.nn as nn
 
+from kinetix.layers.temporal import GateShift, NonLocal3D
+
 
 def set_partial_bn(module: nn.Module) -> int:
     """Freeze every BatchNorm (1-D, 2-D or 3-D) of ``module`` but the first, in module order:
-    eval mode (running statistics fixed) and ``requires_grad=False``. Returns how many were frozen."""
-    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    eval mode (running statistics fixed) and ``requires_grad=False``. Returns how many were frozen.
+
+    BatchNorms inside temporal layers (GSM gates, non-local blocks) have no ImageNet statistics to
+    keep and stay trainable, as in the official code (which freezes ``BatchNorm2d`` only): a frozen
+    zero-initialised non-local output BN would keep the block at the identity for ever."""
+    new = [m for m in module.modules() if isinstance(m, GateShift | NonLocal3D)]
+    skip = {id(b) for m in new for b in m.modules()}
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in skip]
     for m in bns[1:]:
         m.eval()
         m.requires_grad_(False)

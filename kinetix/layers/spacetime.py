@@ -46,6 +46,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from kinetix.utils.inference import FastLinear
+
 from .attention import Attention
 from .drop import DropPath
 from .mlp import Mlp
@@ -153,6 +155,10 @@ def add_linear(
     if torch.is_grad_enabled() or _autocast_on(h) or h.dtype != linear.weight.dtype:
         res = x + linear(h)
         return res if out is None else out.copy_(res)
+    if isinstance(linear, FastLinear):  # kinetix.deploy.optimize_for_inference: one oneDNN GEMM + sum
+        res = linear.add_to(x, h)
+        if res is not None:
+            return res if out is None else out.copy_(res)
     out = torch.empty_like(x, memory_format=torch.contiguous_format) if out is None else out
     torch.add(x, linear.bias, out=out) if linear.bias is not None else out.copy_(x)
     if out.is_contiguous():
@@ -312,7 +318,8 @@ class SpaceTimeBlock(nn.Module):
         hit = self._composed_cache.get(id(second))
         if hit is None or hit[0] != key:
             w = second.weight @ first.weight  # (C, C)
-            hit = key, _Affine(w, torch.addmv(second.bias, second.weight, first.bias))
+            b = torch.addmv(second.bias, second.weight, first.bias)
+            hit = key, FastLinear.from_tensors(w, b) if isinstance(second, FastLinear) else _Affine(w, b)
             self._composed_cache[id(second)] = hit
         return hit[1]
 

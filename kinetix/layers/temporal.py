@@ -1,7 +1,7 @@
 """Temporal layers for 2D CNNs that fold time into the batch.
 
 Every layer takes ``(channels, num_frames, ...)`` and maps ``(B*T, C, H, W) -> (B*T, C, H, W)``,
-so a 2D backbone gets temporal modelling by putting one in a block's slot (DESIGN §4).
+so a 2D backbone gets temporal modelling by putting one in a block's slot (docs/architecture.md, "Temporal layers").
 
 - :class:`TemporalShift` — TSM (Lin et al., "TSM: Temporal Shift Module for Efficient Video
   Understanding", ICCV 2019). Official channel order: the first ``C//fold_div`` channels of frame t

@@ -76,7 +76,11 @@ def load_state_dict_strict(model: nn.Module, state_dict: dict[str, torch.Tensor]
             + "; ".join(parts)
             + ". Check the model name and its arguments (num_frames, num_classes, variant)."
         )
-    bad = [k for k, v in state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    bad = [
+        k
+        for k, v in state_dict.items()
+        if v.is_floating_point() and not v.is_meta and not bool(torch.isfinite(v).all())
+    ]  # meta tensors (shape checks) hold no values
     if bad:
         raise CheckpointError(
             f"{source or 'checkpoint'}: {len(bad)} tensor(s) hold NaN or infinite values ({_short(bad, 4)}); "
@@ -166,7 +170,13 @@ class ConversionReport:
     def describe(self) -> str:
         parts = [f"{self.loaded} of {self.total} model tensors from the source"]
         if self.missing:
-            parts.append(f"missing (left at the model's initialisation): {_short(self.missing)}")
+            groups: dict[str, int] = {}
+            for k in self.missing:  # by top-level module: "fpn (24), sparse_rcnn (40)"
+                groups[k.split(".", 1)[0]] = groups.get(k.split(".", 1)[0], 0) + 1
+            by_module = ", ".join(f"{g} ({n})" for g, n in groups.items())
+            parts.append(
+                f"missing (left at the model's initialisation): {by_module}; e.g. {_short(self.missing, 4)}"
+            )
         if self.unused:
             parts.append(f"unused source tensors: {_short(self.unused)}")
         return "; ".join(parts)
@@ -223,7 +233,7 @@ def convert_with_report(
     :class:`CheckpointError` listing the missing ones, unless ``allow_partial``), load strictly,
     and is then written as safetensors. Returns the path and the :class:`ConversionReport`."""
     sd = read_state_dict(src)
-    bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not v.is_meta and not bool(torch.isfinite(v).all())]
     if bad:
         raise CheckpointError(
             f"{src}: {len(bad)} tensor(s) hold NaN or infinite values ({_short(bad, 4)}); the weights "

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
-from kinetix.errors import ConfigError, ModelNotFoundError
+from kinetix.errors import ModelArgumentError, ModelNotFoundError
 
 from ._pretrained import PretrainedCfg
 
@@ -121,7 +121,7 @@ def create_model(name: str, pretrained: bool = False, checkpoint: str | None = N
         if not given:
             raise
         accepted = ", ".join(n for n, p in params.items() if p.kind is not p.VAR_KEYWORD)
-        raise ConfigError(
+        raise ModelArgumentError(
             f"model {entry.name!r} cannot be built with {given}: {e}. Check model.kwargs"
             + (f" (the entry point takes: {accepted}, and its model's arguments)" if accepted else "")
         ) from e

@@ -63,16 +63,18 @@ class ConvUnit(nn.Module):
 
 
 class _Block(nn.Module):
-    """An Inception block: named branches (lists of unit names / a pool), outputs concatenated in
-    the torchvision (= official yaml) order."""
+    """An Inception block ``Mixed_*``: its units are submodules; ``branches`` lists, per output, the
+    ops applied to the block input (unit names or pools), concatenated in the torchvision (= official
+    yaml) order. Branches that share a prefix (the split 3x3 towers of Mixed_7b/7c) compute it once."""
 
-    def __init__(self, branches: list[list]):
+    def __init__(self, path: str):
         super().__init__()
-        self._branches = branches  # per output: ops (a module name or a pool callable)
+        self.path = path
+        self.branches: list[list] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         outs, cache = [], {}
-        for ops in self._branches:
+        for ops in self.branches:
             y = x
             for i, op in enumerate(ops):
                 key = tuple(ops[: i + 1])
@@ -127,12 +129,13 @@ class InceptionV3(nn.Module):
             kh, kw = (kw, kh) if cuhk else (kh, kw)
             return dict(kernel=(kh, kw), padding=(kh // 2, kw // 2))
 
-        def unit(parent: nn.Module, name: str, cin: int, cout: int, kernel=1, stride=1, padding=0, **kw):
-            path = f"{getattr(parent, '_path', '')}{name}"
+        def unit(parent: nn.Module, name: str, cin: int, cout: int, kernel=1, stride=1, padding=0) -> str:
+            """Add a conv unit (with a GSM at the official positions); returns its name."""
+            path = f"{parent.path}.{name}" if isinstance(parent, _Block) else name
             gsm = temporal == "gsm" and path in GSM_POSITIONS
             t = GateShift(cout, num_frames, causal=causal) if gsm else None
             parent.add_module(
-                name, ConvUnit(cin, cout, kernel, stride, padding, bias=bias, eps=eps, temporal=t, **kw)
+                name, ConvUnit(cin, cout, kernel, stride, padding, bias=bias, eps=eps, temporal=t)
             )
             return name
 
@@ -156,15 +159,13 @@ class InceptionV3(nn.Module):
         ]
 
         def block(name: str) -> _Block:
-            b = _Block([])
-            b._path = f"{name}."
-            self.add_module(name, b)
-            return b
+            self.add_module(name, _Block(name))
+            return getattr(self, name)
 
         cin = c(192)
         for name, pool_features in (("Mixed_5b", 32), ("Mixed_5c", 64), ("Mixed_5d", 64)):  # InceptionA
             b = block(name)
-            b._branches = [
+            b.branches = [
                 [unit(b, "branch1x1", cin, c(64))],
                 [unit(b, "branch5x5_1", cin, c(48)), unit(b, "branch5x5_2", c(48), c(64), 5, padding=2)],
                 [unit(b, "branch3x3dbl_1", cin, c(64)), unit(b, "branch3x3dbl_2", c(64), c(96), 3, padding=1),
@@ -173,7 +174,7 @@ class InceptionV3(nn.Module):
             ]  # fmt: skip
             cin = c(64) + c(64) + c(96) + c(pool_features)
         b = block("Mixed_6a")  # InceptionB
-        b._branches = [
+        b.branches = [
             [unit(b, "branch3x3", cin, c(384), 3, 2)],
             [unit(b, "branch3x3dbl_1", cin, c(64)), unit(b, "branch3x3dbl_2", c(64), c(96), 3, padding=1),
              unit(b, "branch3x3dbl_3", c(96), c(96), 3, 2)],
@@ -187,7 +188,7 @@ class InceptionV3(nn.Module):
             ("Mixed_6e", 192),
         ):  # InceptionC
             b = block(name)
-            b._branches = [
+            b.branches = [
                 [unit(b, "branch1x1", cin, c(192))],
                 [unit(b, "branch7x7_1", cin, c(c7)), unit(b, "branch7x7_2", c(c7), c(c7), **k(1, 7)),
                  unit(b, "branch7x7_3", c(c7), c(192), **k(7, 1))],
@@ -198,7 +199,7 @@ class InceptionV3(nn.Module):
             ]  # fmt: skip
             cin = 4 * c(192)
         b = block("Mixed_7a")  # InceptionD
-        b._branches = [
+        b.branches = [
             [unit(b, "branch3x3_1", cin, c(192)), unit(b, "branch3x3_2", c(192), c(320), 3, 2)],
             [unit(b, "branch7x7x3_1", cin, c(192)), unit(b, "branch7x7x3_2", c(192), c(192), **k(1, 7)),
              unit(b, "branch7x7x3_3", c(192), c(192), **k(7, 1)), unit(b, "branch7x7x3_4", c(192), c(192), 3, 2)],
@@ -219,7 +220,7 @@ class InceptionV3(nn.Module):
                 unit(b, "branch3x3dbl_3b", c(384), c(384), **k(3, 1)),
                 unit(b, "branch_pool", cin, c(192)),
             ]
-            b._branches = [
+            b.branches = [
                 [u[0]],
                 [u[1], u[2]],
                 [u[1], u[3]],

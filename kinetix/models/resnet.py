@@ -7,7 +7,7 @@ so torchvision ImageNet state dicts load; temporal layers add keys only under
 :meth:`ResNet.forward_features` returns ``(B*T', C, H/32, W/32)`` (``T' = T/2`` with the TSM
 temporal pool).
 
-Temporal slot positions (chosen when the network is built, DESIGN §4):
+Temporal slot positions (chosen when the network is built; docs/architecture.md):
 ``"input"``  residual branch input, before ``conv1`` (TSM residual shift, the default);
 ``"block"``  block input, identity path included (TSM in-place shift);
 ``"conv1"``  after ``conv1``, before ``bn1`` (GSM on ResNet);

@@ -71,7 +71,21 @@ _MASK = -100.0  # the official Swin's value for tokens of different shifted regi
 
 
 # ---- window layout ---------------------------------------------------------------------------------
+def _outside_inference_mode(fn):
+    """Cached index/mask tensors are built as normal tensors even when the first call happens under
+    ``torch.inference_mode()`` (an inference tensor in the cache would break later training steps:
+    "Inference tensors cannot be saved for backward")."""
+
+    @functools.wraps(fn)
+    def wrapper(*args):
+        with torch.inference_mode(False):
+            return fn(*args)
+
+    return wrapper
+
+
 @functools.lru_cache(maxsize=128)
+@_outside_inference_mode
 def window_layout(h: int, w: int, window: int, shift: int, device: torch.device):
     """Token order of (shifted) windows on an ``h x w`` grid, cached per shape.
 
@@ -101,6 +115,7 @@ def window_layout(h: int, w: int, window: int, shift: int, device: torch.device)
 
 
 @functools.lru_cache(maxsize=32)
+@_outside_inference_mode
 def relative_position_index(window: int, device: torch.device) -> torch.Tensor:
     """``(N*N,)`` row of ``relative_position_bias_table`` for every token pair of a window (official
     Swin: ``(dy + w - 1) * (2w - 1) + (dx + w - 1)``, pairs in row-major query, key order)."""
@@ -724,7 +739,8 @@ def sifa_swin_s(**kwargs) -> SwinTransformer:
 
 @register_model(cfgs=_sifa_cfgs(top1=83.1))
 def sifa_swin_b(**kwargs) -> SwinTransformer:
-    """SIFA-Transformer on Swin-B (released ``c2d_sifa_swin_vit_b_p4_w7``; paper: 83.1% K400 top-1)."""
+    """SIFA-Transformer on Swin-B (released ``c2d_sifa_swin_vit_b_p4_w7``; paper: 83.1% K400 top-1).
+    ``sifa_offsets="learned", sifa_last_frame="self"`` builds the paper's deformable block."""
     return _swin("b", True, kwargs)
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import io
 import itertools
 import json
@@ -73,7 +72,9 @@ def _audio_only(path: Path) -> Path:
     with av.open(str(path), "w", format="mp4") as c:
         s = c.add_stream("aac", rate=16000)
         for i in range(10):
-            frame = av.AudioFrame.from_ndarray(np.zeros((2, 1024), np.float32), format="fltp", layout="stereo")
+            frame = av.AudioFrame.from_ndarray(
+                np.zeros((2, 1024), np.float32), format="fltp", layout="stereo"
+            )
             frame.sample_rate, frame.pts = 16000, i * 1024
             c.mux(s.encode(frame))
         c.mux(s.encode())
@@ -121,6 +122,7 @@ class Workspace:
     ckpt: Path  # a complete checkpoint folder of a trained run
     weights: Path  # test_tsm weights (safetensors, plain)
     det_weights: Path  # test_evad detection weights with config + class names
+    online_weights: Path  # test_tsm_online weights (stream)
     bad: dict  # kind -> path
 
 
@@ -154,7 +156,8 @@ def build_workspace(root: Path) -> Workspace:
         inputs / "evad.safetensors",
         {"config": config_to_dict(det_cfg), "class_names": ["a", "b", "c"]},
     )
-    ws = Workspace(root, inputs, out, data, good, config, ckpt, weights, det_weights, {})
+    online = save_model_weights(create_model("test_tsm_online"), inputs / "online.safetensors")
+    ws = Workspace(root, inputs, out, data, good, config, ckpt, weights, det_weights, online, {})
     ws.bad = _make_bad(ws)
     return ws
 
@@ -207,10 +210,17 @@ def _make_bad(ws: Workspace) -> dict[str, Path]:
         data / "unknown_class.csv",
         "label,youtube_id,time_start,time_end,split\nno such class,abc,0,1,val\n",
     )
-    b["ann/all-missing"] = _write(data / "all_missing.txt", "".join(f"gone{i}.mp4 {i % 3}\n" for i in range(6)))
+    b["ann/all-missing"] = _write(
+        data / "all_missing.txt", "".join(f"gone{i}.mp4 {i % 3}\n" for i in range(6))
+    )
     b["ann/one-bad-video"] = _write(
         data / "one_bad.txt", "\n".join(good_rows) + f"\n{os.path.relpath(v / 'random.mp4', data)} 0\n"
     )
+    for vk in ("truncated-tail", "empty", "text", "audio-only", "header-only", "folder", "missing"):
+        bad_video = b[f"video/{vk}"]  # a dataset whose one bad video is skipped and counted
+        b[f"ann/one-{vk}"] = _write(
+            data / f"one_{vk}.txt", "\n".join(good_rows) + f"\n{os.path.relpath(bad_video, data)} 0\n"
+        )
     b["ann/duplicates"] = _write(data / "dups.txt", "\n".join(good_rows + good_rows[:2]) + "\n")
     b["ann/outside-root"] = _write(data / "outside.txt", "\n".join(good_rows) + "\n../good.mp4 1\n")
     b["ann/bad-json"] = _write(data / "bad.json", '[{"id": "1", "template": ')
@@ -238,7 +248,10 @@ def _make_bad(ws: Workspace) -> dict[str, Path]:
     b["config/yaml-bomb-extra"] = cfg("bomb_extra", text=good_text + nested)
     b["config/yaml-bomb-kwargs"] = cfg(
         "bomb_kwargs",
-        text=good_text.replace("model:\n  name: engine_tiny\n", "model:\n  name: engine_tiny\n  kwargs:\n    x: &x [1, 2]\n    y: [*x, *x]\n"),
+        text=good_text.replace(
+            "model:\n  name: engine_tiny\n",
+            "model:\n  name: engine_tiny\n  kwargs:\n    x: &x [1, 2]\n    y: [*x, *x]\n",
+        ),
     )
     b["config/no-model"] = cfg("no_model", lambda d: d.pop("model"))
     b["config/epochs-negative"] = cfg("epochs_neg", lambda d: d["train"].update(epochs=-3))
@@ -248,7 +261,9 @@ def _make_bad(ws: Workspace) -> dict[str, Path]:
     b["config/precision-unknown"] = cfg("precision", lambda d: d["train"].update(precision="fp8"))
     b["config/model-kwarg-unknown"] = cfg("kwarg", lambda d: d["model"].update(kwargs={"wdith": 4}))
     b["config/model-unknown"] = cfg("model_unknown", lambda d: d["model"].update(name="tsm_r5O"))
-    b["config/non-utf8"] = cfg("latin1", text=good_text.replace("name: tiny", "name: caf\xe9").encode("latin-1"))
+    b["config/non-utf8"] = cfg(
+        "latin1", text=good_text.replace("name: tiny", "name: caf\xe9").encode("latin-1")
+    )
     b["config/output-dir-is-file"] = cfg("outdir_file", lambda d: d["train"].update(output_dir=str(ws.good)))
     b["config/max-bad-fraction-above-1"] = cfg("maxbad", lambda d: d["data"].update(max_bad_fraction=1.5))
     b["config/empty"] = cfg("empty", text="")
@@ -304,7 +319,11 @@ def _make_bad(ws: Workspace) -> dict[str, Path]:
     with torch.no_grad():
         next(nan.parameters()).fill_(float("nan"))
     b["weights/nan"] = save_model_weights(nan, w / "nan.safetensors")
-    part = {k: v for k, v in create_model("test_evad", num_classes=3).state_dict().items() if k.startswith("blocks.")}
+    part = {
+        k: v
+        for k, v in create_model("test_evad", num_classes=3).state_dict().items()
+        if k.startswith("blocks.")
+    }
     torch.save({"model_state": part}, _write(w / "evad_backbone.pyth", b""))
     b["weights/partial"] = w / "evad_backbone.pyth"
     b["weights/other-model"] = ws.weights  # test_tsm weights where test_evad / engine_tiny is expected
@@ -347,6 +366,43 @@ def cases(ws: Workspace) -> list[Case]:
                                  o(f"detect:{kind}") / "d.csv"], expect, slow=kind != "video/truncated-tail")  # fmt: skip
         if kind not in ok_videos and kind != "video/annotation-instead":
             add("data check", kind, ["data", "check", b[kind]], "error")
+        fast = kind in ("video/truncated-tail", "video/random-bytes", "video/resolution-change")
+        add(
+            "explain",
+            kind,
+            [
+                "explain",
+                b[kind],
+                "--model",
+                "test_tsm",
+                "--checkpoint",
+                ws.weights,
+                "--out",
+                o(f"explain:{kind}"),
+            ],
+            expect,
+            slow=not fast,
+        )
+        if kind not in ("video/fifo", "video/device"):  # a live source may be a pipe or a device
+            add(
+                "stream",
+                kind,
+                [
+                    "stream",
+                    b[kind],
+                    "--model",
+                    "test_tsm_online",
+                    "--checkpoint",
+                    ws.online_weights,
+                    "--quiet",
+                    "--max-frames",
+                    "60",  # past the truncation point (37 frames) of cut_tail.mp4
+                    "--timeout",
+                    "20",
+                ],
+                expect,
+                slow=kind not in ("video/random-bytes", "video/one-frame"),
+            )
     # predict: several files, one bad -> the good ones are predicted, the bad one reported
     add("predict", "video/one-bad-of-three",
         ["predict", ws.good, b["video/random-bytes"], b["video/one-frame"], "--model", "test_tsm",
@@ -356,13 +412,16 @@ def cases(ws: Workspace) -> list[Case]:
         add("data check", kind, ["data", "check", b[kind]], expect)
         if kind in ("ann/duplicates", "ann/outside-root"):
             continue
-        t_expect = "skip" if kind == "ann/one-bad-video" else "error"
+        skip = kind.startswith("ann/one-")
+        t_expect = "skip" if skip else "error"
+        video = b[f"video/{kind[8:]}"].name if skip and kind != "ann/one-bad-video" else "random.mp4"
+        names = (video,) if skip else (b[kind].name,)
         sets = [f"data.test_ann={b[kind]}", "data.max_bad_fraction=0.5"]
         add("test", kind, ["test", ws.config, "--checkpoint", ws.ckpt, "--out", o(f"test:{kind}"), "--set", *sets],
-            t_expect, name=(b[kind].name, "random.mp4"), slow=kind not in ("ann/header-only", "ann/one-bad-video"))  # fmt: skip
+            t_expect, name=names, slow=kind not in ("ann/header-only", "ann/one-bad-video", "ann/one-truncated-tail"))  # fmt: skip
         add("train", kind, ["train", ws.config, "--set", f"data.train_ann={b[kind]}", "train.epochs=1",
                             f"train.output_dir={o(f'train:{kind}')}", "data.max_bad_fraction=0.5"],
-            t_expect, name=(b[kind].name, "random.mp4"), slow=kind not in ("ann/huge-label", "ann/one-bad-video"))  # fmt: skip
+            t_expect, name=names, slow=kind not in ("ann/huge-label", "ann/one-bad-video"))  # fmt: skip
     for kind in [k for k in b if k.startswith("config/")]:
         argv = ["train", b[kind], "--set", f"train.output_dir={o('train:' + kind)}"]
         if kind == "config/output-dir-is-file":
@@ -383,7 +442,12 @@ def cases(ws: Workspace) -> list[Case]:
             (standalone / f.name).write_bytes(f.read_bytes())
     add("train --resume", "standalone-checkpoint", ["train", "--resume", standalone, "--set", "train.epochs=2",
         f"train.output_dir={o('resume:standalone')}"], "ok", slow=True)  # fmt: skip
-    add("test", "out-is-a-file", ["test", ws.config, "--checkpoint", ws.ckpt, "--out", ws.good], name="good.mp4")
+    add(
+        "test",
+        "out-is-a-file",
+        ["test", ws.config, "--checkpoint", ws.ckpt, "--out", ws.good],
+        name="good.mp4",
+    )
     for kind in [k for k in b if k.startswith("ckpt/")]:
         name = (str(b[kind].name), b[kind].parent.parent.name)
         add("train --resume", kind, ["train", "--resume", b[kind], "--set",
@@ -404,17 +468,61 @@ def cases(ws: Workspace) -> list[Case]:
         add("predict", kind, ["predict", ws.good, "--model", "test_tsm", "--checkpoint", b[kind]],
             "ok" if kind == "weights/other-model" else "error",  # (they are test_tsm weights)
             slow=kind not in ("weights/nan", "weights/malicious-pickle"))  # fmt: skip
-        add("detect", kind, ["detect", ws.good, "--checkpoint", b[kind], "--csv", o(f"detect:{kind}") / "d.csv"],
-            slow=True)
+        add(
+            "detect",
+            kind,
+            ["detect", ws.good, "--checkpoint", b[kind], "--csv", o(f"detect:{kind}") / "d.csv"],
+            slow=True,
+        )
         add("test", kind, ["test", ws.config, "--checkpoint", b[kind], "--out", o(f"test:{kind}")], slow=True)
+    for kind in ("weights/nan", "weights/malicious-pickle", "weights/truncated-safetensors", "weights/empty"):
+        slow = kind != "weights/malicious-pickle"
+        add(
+            "export",
+            kind,
+            ["export", "test_tsm", "--checkpoint", b[kind], "--out", o(f"export:{kind}") / "m.onnx"],
+            slow=slow,
+        )
+        add(
+            "explain",
+            kind,
+            [
+                "explain",
+                ws.good,
+                "--model",
+                "test_tsm",
+                "--checkpoint",
+                b[kind],
+                "--out",
+                o(f"explain:{kind}"),
+            ],
+            slow=slow,
+        )
+        add(
+            "stream",
+            kind,
+            ["stream", ws.good, "--model", "test_tsm_online", "--checkpoint", b[kind], "--quiet"],
+            slow=slow,
+        )
+    add("export", "out-under-a-file", ["export", "test_tsm", "--out", ws.good / "m.onnx"], name="good.mp4")
     add("convert", "out-is-a-file", ["convert", "--model", "test_tsm", "--src", ws.weights, "--out",
                                      ws.good.with_suffix(".safetensors")], name="good.safetensors")  # fmt: skip
     _write(ws.good.with_suffix(".safetensors"), b"keep me")
     add("convert", "out-under-a-file", ["convert", "--model", "test_tsm", "--src", ws.weights, "--out",
                                         ws.good / "w.safetensors"], name="good.mp4")  # fmt: skip
-    add("data synth", "num-videos-0", ["data", "synth", "--out", o("synth:0"), "--num-videos", "0"], name="--num-videos")
+    add(
+        "data synth",
+        "num-videos-0",
+        ["data", "synth", "--out", o("synth:0"), "--num-videos", "0"],
+        name="--num-videos",
+    )
     add("data synth", "out-is-a-file", ["data", "synth", "--out", ws.good], name="good.mp4")
-    add("data synth", "size-too-small", ["data", "synth", "--out", o("synth:size"), "--size", "4"], name="synth")
+    add(
+        "data synth",
+        "size-too-small",
+        ["data", "synth", "--out", o("synth:size"), "--size", "4"],
+        name="synth",
+    )
     add("flops", "unknown-kwarg", ["flops", "test_tsm", "--set", "wdith=3"], name="wdith")
     add("flops", "unknown-model", ["flops", "tsm_r5O"], name="tsm_r5O")
     add("flops", "frames-zero", ["flops", "test_tsm", "--frames", "0"], name="--frames")
@@ -423,7 +531,7 @@ def cases(ws: Workspace) -> list[Case]:
 
 # ----------------------------------------------------------------------------- running
 def snapshot(folder: Path) -> dict[str, tuple]:
-    """relative path -> (kind, size, content hash) of everything under ``folder``."""
+    """relative path -> (kind, size, mtime) of everything under ``folder``."""
     snap = {}
     for dirpath, dirnames, filenames in os.walk(folder):
         for n in dirnames + filenames:
@@ -431,8 +539,9 @@ def snapshot(folder: Path) -> dict[str, tuple]:
             rel = str(p.relative_to(folder))
             if p.is_symlink() or not p.is_file():
                 snap[rel] = ("link" if p.is_symlink() else "dir" if p.is_dir() else "special", 0, "")
-            else:
-                snap[rel] = ("file", p.stat().st_size, hashlib.sha1(p.read_bytes()).hexdigest())
+            else:  # a write changes the size or the modification time (ns)
+                st = p.stat()
+                snap[rel] = ("file", st.st_size, st.st_mtime_ns)
     return snap
 
 
@@ -544,7 +653,10 @@ if __name__ == "__main__":  # python tests/bad_input/zoo.py [--fast]: the whole 
             r = run_case(ws, c)
             results.append(r)
             mark = "FAIL" if r.problems else r.outcome
-            print(f"{mark:>6} {r.seconds:5.1f}s rc={r.rc} {c.id}" + (f"  {r.problems}" if r.problems else ""))
+            print(
+                f"{mark:>6} {r.seconds:5.2f}s rc={r.rc} {'slow' if c.slow else 'fast'} {c.id}"
+                + (f"  {r.problems}" if r.problems else "")
+            )
             if r.problems or "-v" in sys.argv:
                 print("        " + r.err.strip().replace("\n", "\n        ")[-1500:])
         print(json.dumps(summary(results), indent=2))

@@ -121,5 +121,5 @@ def test_data_help_is_friendly(capsys):
     with pytest.raises(SystemExit):
         main(["data", "synth", "--help"])
     text = capsys.readouterr().out
-    assert "--kind {temporal,detection}" in text and "example:" in text
+    assert "--kind {temporal,detection}" in text and "examples:" in text
     assert main(["data"]) == 2

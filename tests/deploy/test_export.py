@@ -46,18 +46,6 @@ TINY = [
 ]
 
 
-def randomize(model: nn.Module, std: float = 0.05) -> nn.Module:
-    """Random weights where the recipes start at zero / near zero (see the module docstring)."""
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.Linear | nn.Conv2d | nn.Conv3d) and float(m.weight.abs().max()) < 1e-2:
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * std)
-            if isinstance(m, nn.Linear) and m.bias is not None:
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * std)
-    return model.eval()
-
-
 def _clip(model, batch=1, seed=7):
     cfg = model.pretrained_cfg
     t = getattr(model, "num_frames", cfg.num_frames)
@@ -78,14 +66,14 @@ def _check_file(model, path, batch=1):
 
 
 @pytest.mark.parametrize(("name", "kwargs"), TINY, ids=[f"{n}-{'-'.join(map(str, k.values()))}" for n, k in TINY])
-def test_export_tiny_family(tmp_path, name, kwargs):
+def test_export_tiny_family(tmp_path, randomize, name, kwargs):
     model = randomize(create_model(name, **kwargs))
     res = export_onnx(model, tmp_path / "m.onnx")
     assert res.path.is_file() and res.rel_diff <= RTOL
     _check_file(model, res.path)
 
 
-def test_export_dynamic_batch(tmp_path):
+def test_export_dynamic_batch(tmp_path, randomize):
     model = randomize(create_model("test_tsm"))
     res = export_onnx(model, tmp_path / "m.onnx", dynamic_batch=True)
     assert res.dynamic_batch
@@ -94,7 +82,7 @@ def test_export_dynamic_batch(tmp_path):
 
 
 @pytest.mark.parametrize(("name", "kwargs"), [("test_tsm_online", {}), ("test_gsm", {"causal": True})])
-def test_step_model_streams_like_causal_offline(tmp_path, name, kwargs):
+def test_step_model_streams_like_causal_offline(tmp_path, randomize, name, kwargs):
     """Frame by frame in onnxruntime == the causal model on the whole clip (``forward_frames``), and
     ``reset`` starts a new video."""
     model = randomize(create_model(name, **kwargs))
@@ -178,7 +166,7 @@ BIG = [
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("name", "kwargs"), BIG, ids=[n for n, _ in BIG])
-def test_export_full_size(tmp_path, name, kwargs):
+def test_export_full_size(tmp_path, randomize, name, kwargs):
     model = randomize(create_model(name, **kwargs), std=0.02)
     res = export_onnx(model, tmp_path / "m.onnx")
     assert res.rel_diff <= RTOL
@@ -186,7 +174,7 @@ def test_export_full_size(tmp_path, name, kwargs):
 
 
 @pytest.mark.slow
-def test_export_step_tsm_r50_online(tmp_path):
+def test_export_step_tsm_r50_online(tmp_path, randomize):
     model = randomize(create_model("tsm_r50_online"), std=0.02)
     res = export_step_onnx(model, tmp_path / "step.onnx", check_frames=4)
     assert res.rel_diff <= RTOL

@@ -6,9 +6,14 @@ on the test views of the whole clip."""
 from __future__ import annotations
 
 import http.server
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import av
 import numpy as np
@@ -21,6 +26,7 @@ from kinetix.data.io import VideoReader, write_video
 from kinetix.data.transforms import test_transform
 from kinetix.deploy.stream import (
     FramePreprocess,
+    OnnxBackend,
     StreamError,
     TorchBackend,
     load_stream_model,
@@ -169,7 +175,7 @@ def test_file_stream_equals_offline_causal_model(media):
 
 def test_cli_file_with_overlay(media, tmp_path, capsys):
     out = tmp_path / "overlay.mp4"
-    rc = cli_main(["stream", str(media["mp4"]), "--checkpoint", str(media["ckpt"]), "--out", str(out)])
+    rc = cli_main(["stream", str(media["mp4"]), "--checkpoint", str(media["ckpt"]), "--out", str(out), "--backend", "torch"])
     text = capsys.readouterr().out
     assert rc == 0, text
     assert text.count("fps") == NUM_FRAMES  # one live line per frame (not a tty)
@@ -197,7 +203,7 @@ def test_http_loopback_stream(media, http_stream, tmp_path, capsys):
     for a, b in zip(report.results, file_report.results):
         torch.testing.assert_close(a.logits, b.logits)  # same frames, same predictions
     out = tmp_path / "net.mp4"
-    rc = cli_main(["stream", http_stream(), "--checkpoint", str(media["ckpt"]), "--out", str(out), "--quiet"])
+    rc = cli_main(["stream", http_stream(), "--checkpoint", str(media["ckpt"]), "--out", str(out), "--quiet", "--backend", "torch"])
     text = capsys.readouterr().out
     assert rc == 0 and f"{NUM_FRAMES} frames processed" in text and "frame " not in text
     with VideoReader(out) as r:
@@ -206,7 +212,7 @@ def test_http_loopback_stream(media, http_stream, tmp_path, capsys):
 
 def test_http_server_closing_early(media, http_stream, capsys):
     url = http_stream(cut_fraction=0.5)
-    rc = cli_main(["stream", url, "--checkpoint", str(media["ckpt"]), "--quiet"])
+    rc = cli_main(["stream", url, "--checkpoint", str(media["ckpt"]), "--quiet", "--backend", "torch"])
     text = capsys.readouterr().out
     # FFmpeg reports the cut as a read error (rc 1) or, on some builds, as the end of the stream (rc 0)
     assert rc in (0, 1)
@@ -230,7 +236,7 @@ def test_truncated_file_stops_with_a_message(media, tmp_path, capsys):
                 dst.mux(pkt)
     data = fast.read_bytes()
     cut.write_bytes(data[: int(len(data) * 0.6)])
-    rc = cli_main(["stream", str(cut), "--checkpoint", str(media["ckpt"]), "--quiet"])
+    rc = cli_main(["stream", str(cut), "--checkpoint", str(media["ckpt"]), "--quiet", "--backend", "torch"])
     text = capsys.readouterr().out
     assert rc == 1, text
     assert "of its 24 frames" in text and "frames processed" in text
@@ -333,11 +339,41 @@ def test_optimized_torch_backend_equals_the_eager_model(name):
         torch.testing.assert_close(v, before[k], rtol=0, atol=0)
 
 
+def test_onnxruntime_backend_equals_torch(media):
+    pytest.importorskip("onnxruntime")
+    model, settings, names = load_stream_model(media["ckpt"], None)
+    backend = make_backend("onnxruntime", model, settings.input_size)
+    assert isinstance(backend, OnnxBackend)
+    ort = run_stream(open_source(str(media["mp4"])), backend, FramePreprocess(settings), names, keep_logits=True)
+    ref = _run(str(media["mp4"]), media, optimize=False, keep_logits=True)
+    a = torch.stack([r.logits for r in ort.results])
+    b = torch.stack([r.logits for r in ref.results])
+    assert a.shape == (NUM_FRAMES, 10) and (a - b).abs().max() <= 1e-4 * b.abs().max()
+
+
+@pytest.mark.slow
+def test_auto_backend_picks_the_faster(media):
+    pytest.importorskip("onnxruntime")
+    model, settings, _ = load_stream_model(media["ckpt"], None)
+    backend = make_backend("auto", model, settings.input_size)
+    t = backend.timings
+    assert set(t) == {"torch", "onnxruntime"}
+    assert backend.name == min(t, key=t.get)
+
+
+@pytest.mark.slow
+def test_cli_onnxruntime_backend(media, capsys):
+    pytest.importorskip("onnxruntime")
+    rc = cli_main(["stream", str(media["mp4"]), "--checkpoint", str(media["ckpt"]), "--backend", "onnxruntime", "--quiet"])
+    assert rc == 0 and f"{NUM_FRAMES} frames processed" in capsys.readouterr().out
+
+
 def test_offline_models_and_unknown_backends_are_refused(media):
-    with pytest.raises(ConfigError, match="cannot stream"):
-        make_backend("torch", create_model("test_tsm_mobilenetv2"))
-    with pytest.raises(ConfigError, match="onnxruntime"):
-        make_backend("onnxruntime", create_model(MODEL))
+    for backend in ("torch", "onnxruntime"):
+        with pytest.raises(ConfigError, match="cannot stream"):
+            make_backend(backend, create_model("test_tsm_mobilenetv2"))
+    with pytest.raises(ConfigError, match="--backend must be one of"):
+        make_backend("tensorrt", create_model(MODEL))
 
 
 class socket_free_port:
@@ -352,3 +388,27 @@ class socket_free_port:
 
     def __exit__(self, *exc):
         pass
+
+
+@pytest.mark.slow
+def test_sigint_prints_the_summary_without_a_traceback(media):
+    """A real Ctrl-C (SIGINT) to ``kinetix stream --realtime`` on a long file."""
+    long = write_video(media["dir"] / "long.mp4", np.concatenate([_frames()] * 20), fps=FPS, gop=8)  # ~19 s
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    cmd = [sys.executable, "-m", "kinetix", "stream", str(long), "--checkpoint", str(media["ckpt"]),
+           "--realtime", "--backend", "torch", "--threads", "1"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.time() + 240
+        first = proc.stdout.readline()  # the first live line: the loop is running
+        assert first.startswith("frame"), first + proc.stderr.read()
+        time.sleep(1.0)
+        assert time.time() < deadline
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "interrupted" in out and "frames processed" in out and "Traceback" not in err
+    done = int(out.split(" frames processed")[0].split()[-1])
+    assert 0 < done < 20 * NUM_FRAMES

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from kinetix.deploy import export_onnx
 from kinetix.errors import CheckpointError
 from kinetix.layers.temporal import TemporalShift
 from kinetix.models import create_model, load_checkpoint
@@ -224,3 +225,14 @@ def test_imagenet_weights_load_into_the_backbone(layout):
         torch.testing.assert_close(v, want[k], rtol=0, atol=0)
     torch.testing.assert_close(model.fc.weight, fc_before)  # the ImageNet head is not the video head
     assert model.num_classes == 400
+
+
+@pytest.mark.slow
+def test_clip_model_exports_to_onnx(tmp_path):
+    """The offline MobileNetV2-TSM (in-place residual shift at inference) exports and matches in
+    onnxruntime (the online model's step export is checked in tests/deploy/test_stream.py)."""
+    pytest.importorskip("onnxruntime")
+    clip = torch.randn(1, 3, 8, 64, 64)
+    model = _randomise(create_model("test_tsm_mobilenetv2"), clip)
+    res = export_onnx(model, tmp_path / "m.onnx")
+    assert res.logit_scale > 0.1 and res.max_abs_diff <= 1e-4 * res.logit_scale

@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from kinetix.errors import ConfigError
 from kinetix.layers.temporal import InterFrameAttention, inter_frame_attention, motion_saliency
 from kinetix.models import create_model
 from kinetix.models.resnet import Bottleneck, ResNet, load_image_weights
@@ -134,7 +135,7 @@ def test_dual_head_scores_and_loss_outputs():
     x = torch.randn(2, 3, 8, 64, 64)
     a, b = m.forward_dual(x)
     torch.testing.assert_close(m(x).exp(), (a.softmax(-1) + b.softmax(-1)) / 2)
-    with pytest.raises(ValueError, match="divisible by 8"):
+    with pytest.raises(ConfigError, match="divisible by 8"):  # create_model reports a bad argument
         create_model("test_sifa", num_frames=4)
 
 

@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from kinetix.errors import ConfigError
 from kinetix.models import create_model
-from kinetix.models.swin import InterFrameResidual
+from kinetix.models.swin import InterFrameResidual, relative_position_index, window_layout
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 
@@ -115,5 +116,18 @@ def test_model_options_default_to_released_and_start_as_released():
     paper.train()
     paper(x).square().sum().backward()
     assert all(m.conv_offset.weight.grad.abs().sum() > 0 for m in sifa)
-    with pytest.raises(ValueError, match="offsets"):
+    with pytest.raises(ConfigError, match="offsets"):  # create_model reports a bad argument
         create_model("test_sifa_swin", sifa_offsets="deformable")
+
+
+def test_training_after_a_first_call_under_inference_mode():
+    """The cached window layouts must not be inference tensors (explain / deploy may run a Swin
+    under ``torch.inference_mode()`` first)."""
+    window_layout.cache_clear()
+    relative_position_index.cache_clear()
+    m = create_model("test_sifa_swin", sifa_offsets="learned")
+    x = torch.randn(1, 3, 8, 64, 64)
+    with torch.inference_mode():
+        m.eval()(x)
+    m.train()(x).sum().backward()
+    assert m.head.weight.grad is not None

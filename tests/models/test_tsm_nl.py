@@ -216,3 +216,15 @@ def test_imagenet_resnet_weights_leave_only_non_local_at_init():
     )  # g/theta/phi/W.0 w+b, W.1 BN (4)
     assert torch.equal(m.backbone.layer3[4].conv1.weight,
                        image["layer3.4.conv1.weight"])  # fmt: skip
+
+
+def test_partial_bn_keeps_temporal_layers_trainable():
+    """Official partial BN freezes BatchNorm2d only: the zero-initialised non-local BN (and GSM's
+    gate BN) must keep learning, or the non-local blocks stay the identity."""
+    m = create_model("test_tsm_nl", partial_bn=True).train()
+    nl_bns = [b.W[1] for b in m.modules() if isinstance(b, NonLocal3D)]
+    assert nl_bns and all(b.training and b.weight.requires_grad for b in nl_bns)
+    bns = [b for b in m.backbone.modules() if isinstance(b, torch.nn.BatchNorm2d)]
+    assert bns[0].training and not any(b.training or b.weight.requires_grad for b in bns[1:])
+    m(torch.randn(2, 3, 8, 64, 64)).sum().backward()
+    assert all(b.weight.grad is not None and b.weight.grad.abs().sum() > 0 for b in nl_bns)

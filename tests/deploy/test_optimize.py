@@ -1,0 +1,129 @@
+"""Inference-time optimisation: same outputs as eager, training untouched, backends chosen by measurement."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from kinetix.deploy import FastLinear, InferenceModel, onednn_copy, optimize_for_inference
+from kinetix.errors import ConfigError
+from kinetix.models import create_model
+from kinetix.utils.inference import fast_inference
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+RTOL = 1e-4
+FAMILIES = [
+    ("test_tsm", {}),
+    ("test_gsm", {}),
+    ("test_sifa", {}),
+    ("test_swin", {}),
+    ("test_timesformer", {}),
+    ("test_vivit", {"model": 2}),
+    ("test_videomae", {}),  # q/v-only bias: F.linear on the qkv weight, not an nn.Linear call
+    ("test_videomae", {"num_frames": 8, "keep_rate": 0.7}),
+]
+
+
+def _clip(model, b=2):
+    cfg = model.pretrained_cfg
+    return torch.randn(b, 3, getattr(model, "num_frames", cfg.num_frames), cfg.input_size, cfg.input_size)
+
+
+@pytest.mark.parametrize("gelu", [None, "none", "tanh"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_fast_linear_equals_linear(gelu, bias):
+    lin = nn.Linear(48, 40, bias=bias)
+    fast = FastLinear(lin, gelu)
+    x = torch.randn(3, 7, 48)
+    ref = F.linear(x, lin.weight, lin.bias)
+    ref = ref if gelu is None else F.gelu(ref, approximate=gelu)
+    with torch.no_grad():
+        assert torch.allclose(fast(x), ref, atol=1e-5, rtol=1e-5)
+        assert fast(x[0]).shape == (7, 40)  # 2-D input too
+        lin.weight.mul_(2)  # an optimiser step: the packed weight must follow
+        ref2 = F.linear(x, lin.weight, lin.bias)
+        ref2 = ref2 if gelu is None else F.gelu(ref2, approximate=gelu)
+        assert torch.allclose(fast(x), ref2, atol=1e-5, rtol=1e-5)
+    assert fast.weight is lin.weight  # shared, not copied
+
+
+@pytest.mark.parametrize(("name", "kwargs"), FAMILIES, ids=[f"{n}{k}" for n, k in FAMILIES])
+def test_onednn_copy_matches_eager(name, kwargs, randomize):
+    model = randomize(create_model(name, **kwargs))
+    fast = onednn_copy(model)
+    assert any(isinstance(m, FastLinear) for m in fast.modules())
+    assert not any(isinstance(m, FastLinear) for m in model.modules())  # the original is untouched
+    x = _clip(model)
+    with torch.inference_mode():
+        ref, out = model(x), fast(x)
+    assert (out - ref).abs().max() <= RTOL * ref.abs().max()
+
+
+def test_onednn_copy_still_trains_like_the_original(randomize):
+    model = randomize(create_model("test_timesformer")).train()
+    fast = onednn_copy(model)
+    x = _clip(model)
+    torch.manual_seed(0)
+    model(x).square().sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    torch.manual_seed(0)
+    fast(x).square().sum().backward()  # same parameters: the grads land on the original's
+    for n, p in model.named_parameters():
+        if n in grads:
+            assert torch.allclose(p.grad, grads[n], atol=1e-6, rtol=1e-5), n
+
+
+def test_inference_model_auto_measures_and_keeps_the_model_trainable(randomize):
+    model = randomize(create_model("test_videomae"))
+    opt = fast_inference(model)
+    x = _clip(model)
+    with torch.no_grad():
+        out = opt(x)
+        ref = model(x)
+    sig = (tuple(x.shape), x.dtype)
+    assert opt.chosen[sig] in ("eager", "onednn")
+    assert set(opt.timings[sig]) == {"eager", "onednn"}  # both matched eager and were timed
+    assert (out - ref).abs().max() <= RTOL * ref.abs().max()
+    assert opt.pretrained_cfg is model.pretrained_cfg  # attributes fall through
+    # training through the wrapper (autograd on) is the original module's forward
+    opt.train()
+    assert model.training
+    loss = opt(x).sum()
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    # and the original model still has plain nn.Linear layers
+    assert not any(isinstance(m, FastLinear) for m in model.modules())
+
+
+def test_forced_backends_and_bad_name(randomize):
+    model = randomize(create_model("test_tsm"))
+    x = _clip(model)
+    with torch.no_grad():
+        ref = model(x)
+        for backend in ("eager", "onednn"):
+            out = optimize_for_inference(model, backend)(x)
+            assert (out - ref).abs().max() <= RTOL * ref.abs().max()
+    with pytest.raises(ConfigError, match="backend"):
+        InferenceModel(model, "tensorrt")
+
+
+def test_onnxruntime_backend_auto_and_dynamic_batch(randomize):
+    """``auto`` with onnxruntime times three candidates; the onnxruntime one is exported once per
+    clip shape and runs any batch size."""
+    pytest.importorskip("onnxruntime")
+    model = randomize(create_model("test_tsn"))
+    x = _clip(model, 1)
+    opt = optimize_for_inference(model, example=x, include_onnxruntime=True)
+    assert set(opt.timings[(tuple(x.shape), x.dtype)]) == {"eager", "onednn", "onnxruntime"}
+    ort = opt.candidate("onnxruntime", x)
+    with torch.no_grad():
+        for b in (1, 3):
+            xb = _clip(model, b)
+            ref = model(xb)
+            assert (opt.candidate("onnxruntime", xb)(xb) - ref).abs().max() <= RTOL * ref.abs().max()
+    assert opt.candidate("onnxruntime", _clip(model, 3)) is ort
+    assert sum(k[0] == "onnxruntime" for k in opt.built) == 1
