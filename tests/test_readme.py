@@ -235,6 +235,7 @@ def test_demo_table_rendering():
                 "normal": {**split, "pairs_direction": 99.4},
                 "reversed": split,
                 "train_seconds": 70,
+                "explain": {"mask_mass_share": 12.34, "uniform_share": 4.0},
             },
         },
     }
@@ -244,6 +245,7 @@ def test_demo_table_rendering():
         "| `kinetix demo --quick` | TSN | 50.0% | 40.0% | **51.5%** | 39.0%"
     )
     assert "| TSM |" in rows[1] and "**99.4%**" in rows[1] and "61 s" in rows[0]
+    assert "| 12.3% (4.0%) |" in rows[1] and "| – |" in rows[0]  # explain figures where measured
     assert "2.5 min" in table and "seed 3" in table
     assert "make demo" in script.render_table([])  # no report committed: says how to make one
     new = script.replace_block(f"a\n{script.START}\nold\n{script.END}\nb", table)
