@@ -34,6 +34,14 @@ def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min"
 
 
+def _mass(result: dict) -> str:
+    """Share of the explanation map's mass inside the moving shape, and a uniform map's share."""
+    e = result.get("explain") or {}
+    if e.get("mask_mass_share") is None:
+        return "–"
+    return f"{e['mask_mass_share']:.1f}% ({e['uniform_share']:.1f}%)"
+
+
 def trim(report: dict) -> dict:
     """The report without the absolute paths of the machine that ran it."""
     if isinstance(report, dict):
@@ -55,8 +63,8 @@ def render_table(reports: list[dict]) -> str:
     reports = sorted(reports, key=lambda r: order.index(r["mode"]) if r["mode"] in order else len(order))
     lines = [
         "| run | model | top-1 | top-1 on pair classes | direction within pairs (chance 50%) "
-        "| pairs, time-reversed input | training |",
-        "|---|---|---|---|---|---|---|",
+        "| pairs, time-reversed input | map mass inside the shape (uniform map) | training |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for report in reports:
         run = RUNS.get(report["mode"], f"`kinetix demo` ({report['mode']})")
@@ -64,7 +72,8 @@ def render_table(reports: list[dict]) -> str:
             n, rev = r["normal"], r["reversed"]
             lines.append(
                 f"| {run if i == 0 else ''} | {_name(model)} | {n['top1']:.1f}% | {n['pairs_top1']:.1f}% | "
-                f"**{n['pairs_direction']:.1f}%** | {rev['pairs_top1']:.1f}% | {r['train_seconds']:.0f} s |"
+                f"**{n['pairs_direction']:.1f}%** | {rev['pairs_top1']:.1f}% | {_mass(r)} | "
+                f"{r['train_seconds']:.0f} s |"
             )
     totals = ", ".join(f"{RUNS.get(r['mode'], r['mode'])} {_minutes(r['seconds']['total'])}" for r in reports)
     seeds = sorted({r["seed"] for r in reports})

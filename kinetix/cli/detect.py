@@ -82,7 +82,7 @@ def run(args) -> int:
         drawn = np.stack([draw_detections(f, *kept[j]) for f, j in zip(frames, nearest)])
         write_video(args.out, drawn, fps=fps)
     if args.tokens is not None:
-        with open_video(args.video) as reader:
+        with open_video(args.video, short_side=settings.input_size) as reader:
             clip, frames = keyframe_clip(reader, int(keys[len(keys) // 2]), settings)
         plot_kept_tokens(frames.numpy(), kept_token_mask(model, clip[None]), args.tokens,
                          f"{args.video.name}, frame {keys[len(keys) // 2]}: kept tokens (keyframe in red)")  # fmt: skip

@@ -30,6 +30,7 @@ from .task import build_model, load_weights, resolve_path
 from .trainer import build_trainer
 
 MONITOR = "val/top1"  # the metric a `best` checkpoint tracks for this task
+load_clip_views = load_test_views  # the earlier name, kept for callers of the engine
 
 
 def read_class_names(path: str | Path) -> list[str]:
@@ -144,7 +145,7 @@ def top_classes(scores: torch.Tensor, class_names: list[str], topk: int) -> list
     return [{"label": int(j), "name": class_names[j], "prob": float(q)} for q, j in zip(p, i)]
 
 
-def evaluate(cfg, checkpoint, out_dir, *, trainer_kwargs=None, quiet: bool = False) -> dict:
+def evaluate(cfg, checkpoint, out_dir, *, trainer_kwargs=None) -> dict:
     """Multi-view test of a checkpoint: metrics dict; ``per_class.csv``, ``confusion.png``,
     ``metrics.json`` and ``predictions.jsonl`` (each video's top-5) in ``out_dir``."""
     module, dm = build(cfg, "test", checkpoint=checkpoint)

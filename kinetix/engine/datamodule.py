@@ -214,9 +214,6 @@ class VideoDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader(self.test_set, "test")
 
-    def predict_dataloader(self) -> DataLoader:
-        return self._eval_loader(self.test_set, "test")
-
     # Position in the epoch, saved in every checkpoint (mid-epoch resume skips consumed batches).
     def state_dict(self) -> dict:
         t = self.trainer

@@ -215,7 +215,7 @@ def build(cfg, stage: str = "fit", checkpoint=None):
     return module, dm
 
 
-def evaluate(cfg, checkpoint, out_dir, *, trainer_kwargs=None, quiet: bool = False) -> dict:
+def evaluate(cfg, checkpoint, out_dir, *, trainer_kwargs=None) -> dict:
     """Frame-mAP@0.5 of a checkpoint on the test (or val) split: writes ``predictions.csv`` (AVA
     format) and reports :func:`kinetix.detection.ava.evaluate` of it against the annotations, with
     ``per_class.csv`` and ``metrics.json`` in ``out_dir``. ``per_class`` maps each label-map id to
@@ -267,8 +267,9 @@ def load_detector(checkpoint: str | Path):
 
 def keyframe_clip(reader, key: int, settings) -> tuple[torch.Tensor, torch.Tensor]:
     """The detector's input ``(3, T, h, w)`` for the clip centred on frame ``key`` of an open
-    ``reader`` (the frames and transform :class:`~kinetix.data.datasets.AVADataset` uses in test
-    mode), and the clip's decoded frames ``(T, H, W, 3)`` uint8."""
+    ``reader`` (opened with ``short_side=settings.input_size``: then frames and transform are
+    those :class:`~kinetix.data.datasets.AVADataset` gives in test mode), and the clip's decoded
+    frames ``(T, h, w, 3)`` uint8."""
     transform = detection_transform(settings.input_size, settings.mean, settings.std, settings.channel_order,
                                     settings.value_range, train=False)  # fmt: skip
     frames = reader.get_frames(
@@ -284,9 +285,10 @@ def detect_video(model, video, settings, every: float = 1.0, batch_size: int = 2
     Returns ``(keyframes, detections, fps, size)``: keyframe frame indices, one
     :class:`~kinetix.detection.evad.DetectionOutput` per keyframe with boxes in the video's own
     pixels, the frame rate and ``(H, W)``."""
-    with open_video(video) as reader:
+    with open_video(video) as full:
+        H, W = full.height, full.width
+    with open_video(video, short_side=settings.input_size) as reader:  # decoded as AVADataset does
         n, fps = reader.num_frames, reader.fps
-        H, W = reader.height, reader.width
         keys = np.unique(np.round(np.arange(0.0, n / fps, every) * fps).astype(int).clip(0, n - 1))
         outs = []
         for s in range(0, len(keys), batch_size):

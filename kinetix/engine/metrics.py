@@ -1,7 +1,7 @@
 """Classification metrics: top-k accuracy, mean-class accuracy, confusion matrix, reports.
 
 :class:`ClassificationMeter` accumulates ``(N, K)`` scores and ``(N,)`` labels batch by batch (and
-across DDP ranks via :meth:`state` / :meth:`merge`) into a ``(K, K)`` confusion matrix plus top-k
+across DDP ranks via :meth:`state` / :meth:`load_state`) into a ``(K, K)`` confusion matrix plus top-k
 hit counts, so memory does not grow with the dataset.
 """
 

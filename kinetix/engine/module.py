@@ -134,6 +134,3 @@ class ClassificationModule(TaskModule):
             order = index.argsort()
             self.test_index = index[order]
             self.test_scores = torch.cat([s for _, s in self._test_parts])[order]
-
-    def predict_step(self, batch, batch_idx):
-        return F.softmax(self._scores(batch).float(), dim=-1)

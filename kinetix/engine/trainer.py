@@ -5,13 +5,15 @@ checkpoints go through kinetix's :class:`~kinetix.engine.checkpoint.KinetixCheck
 (safetensors folders, atomic), never Lightning's own ``ModelCheckpoint``.
 
 Loggers (``train.loggers``, training only): ``csv`` (default: ``RUN/logs/version_N/metrics.csv``),
-``tensorboard`` (``RUN/tensorboard``; needs the optional ``tensorboard`` package), or the class name
-of any other logger in ``lightning.pytorch.loggers`` (``WandbLogger``, ``MLFlowLogger``, ...), built
-with ``save_dir=RUN`` when it takes one.
+``tensorboard`` (``RUN/tensorboard``; needs the optional ``tensorboard`` package), the class name
+of any other logger in ``lightning.pytorch.loggers`` (``WandbLogger``, ``MLFlowLogger``, ...), or
+the import path of your own ``Logger`` subclass (``mypackage.loggers.MyLogger``); each is built with
+``save_dir=RUN`` when it takes one.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import inspect
 import logging
@@ -83,12 +85,21 @@ def build_logger(name: str, run_dir: Path):
         return pl.loggers.TensorBoardLogger(str(run_dir), name="tensorboard")
     known = {n.lower(): n for n in dir(pl.loggers) if n.endswith("Logger") and n != "Logger"}
     cls_name = known.get(key) or known.get(key + "logger")
-    if cls_name is None:
+    if cls_name is not None:
+        cls = getattr(pl.loggers, cls_name)
+    elif "." in name:  # a user's Logger subclass by import path
+        module, _, cls_name = name.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module), cls_name)
+        except (ImportError, AttributeError) as e:
+            raise ConfigError(f"train.loggers: cannot import {name!r} ({e})") from None
+        if not (isinstance(cls, type) and issubclass(cls, pl.loggers.Logger)):
+            raise ConfigError(f"train.loggers: {name} is not a lightning.pytorch.loggers.Logger subclass")
+    else:
         raise ConfigError(
-            f"train.loggers: unknown logger {name!r}; use csv, tensorboard or one of "
-            f"{', '.join(sorted(known.values()))}"
+            f"train.loggers: unknown logger {name!r}; use csv, tensorboard, one of "
+            f"{', '.join(sorted(known.values()))} or the import path of a Logger subclass"
         )
-    cls = getattr(pl.loggers, cls_name)
     kwargs = {"save_dir": str(run_dir)} if "save_dir" in inspect.signature(cls).parameters else {}
     try:
         return cls(**kwargs)

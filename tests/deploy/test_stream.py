@@ -159,7 +159,8 @@ def test_file_stream_equals_offline_causal_model(media):
     assert report.ended == "end" and not report.failed
     got = torch.stack([r.logits for r in report.results])
     assert got.shape == ref.shape
-    assert (got - ref).abs().max() <= 1e-5 * ref.abs().max()
+    # float32 convolutions pick other kernels for one frame than for a clip: ~1e-5 relative
+    assert (got - ref).abs().max() <= 5e-5 * ref.abs().max()
     # the default backend (BN folded, channels_last) agrees to float32 rounding
     fast = torch.stack([r.logits for r in _run(str(media["mp4"]), media, keep_logits=True).results])
     assert (fast - ref).abs().max() <= 1e-4 * ref.abs().max()

@@ -89,7 +89,7 @@ def test_partial_bn_freezes_all_but_first_batchnorm(tmp_path, data_dir):
 
 
 def test_resume_mid_epoch_matches_uninterrupted_run(tmp_path, data_dir):
-    """In-process variant of the SIGKILL test (tests/engine/test_resume_kill.py): crash after step 5
+    """In-process variant of the SIGKILL test (tests/engine/test_distributed_resume.py): crash after step 5
     (mid-epoch 1 of 3), resume from the step-4 checkpoint, compare every tensor (weights, BN
     statistics, EMA) with an uninterrupted run. Dropout, mixup and augmentation are on."""
     import lightning.pytorch as pl

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+from lightning.pytorch.loggers import Logger
 from torch.utils.data import Dataset
 
 from kinetix.models import PretrainedCfg, is_model, register_model
@@ -119,3 +120,29 @@ def config_text(data_dir, out_dir, **sections) -> str:
     import yaml
 
     return yaml.safe_dump(base, sort_keys=False)
+
+
+class RecordingLogger(Logger):
+    """A Lightning logger keeping every logged metric in memory (for logger selection tests)."""
+
+    def __init__(self, save_dir: str = ""):
+        super().__init__()
+        self.save_dir_arg, self.metrics = save_dir, []
+
+    @property
+    def name(self):
+        return "recording"
+
+    @property
+    def version(self):
+        return 0
+
+    def log_hyperparams(self, params, *args, **kwargs):
+        pass
+
+    def log_metrics(self, metrics, step=None):
+        self.metrics.append(dict(metrics))
+
+    @property
+    def experiment(self):
+        return self
