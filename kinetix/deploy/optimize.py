@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from kinetix.errors import ExportError
 from kinetix.utils.inference import InferenceModel
 
 from ._optional import onnxruntime_available, require
@@ -37,12 +38,22 @@ class OnnxRuntimeModule(nn.Module):
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "model.onnx"
             t, s = example.shape[2], example.shape[-1]
-            export_onnx(model, path, num_frames=t, input_size=s, dynamic_batch=True, rtol=rtol)
+            self.batch = None  # dynamic
+            try:
+                export_onnx(model, path, num_frames=t, input_size=s, dynamic_batch=True, rtol=rtol)
+            except ExportError:  # some graphs only export with a fixed batch: batch 1, run per clip
+                self.batch = 1
+                export_onnx(model, path, num_frames=t, input_size=s, rtol=rtol)
             self.session = make_session(path, threads)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
         out = self.session.run(["logits"], {"video": x.detach().float().contiguous().numpy()})[0]
         return torch.from_numpy(out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.batch is None or x.shape[0] == self.batch:
+            return self._run(x)
+        return torch.cat([self._run(c) for c in x.split(self.batch)])  # fixed-batch graph
 
 
 def optimize_for_inference(

@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kinetix.errors import ConfigError
+from kinetix.errors import ConfigError, KinetixError
 
 __all__ = ["FastLinear", "InferenceModel", "fast_inference", "onednn_copy"]
 
@@ -166,6 +166,7 @@ class InferenceModel(nn.Module):
         self.built: dict[tuple, nn.Module] = {}
         self.chosen: dict[tuple, str] = {}
         self.timings: dict[tuple, dict[str, float]] = {}
+        self.skipped: dict[str, str] = {}  # candidate -> why it could not be built
 
     def __getattr__(self, name: str):
         try:
@@ -186,7 +187,12 @@ class InferenceModel(nn.Module):
     def _choose(self, x: torch.Tensor) -> str:
         if self.backend != "auto":
             return self.backend
-        mods = {n: self.candidate(n, x) for n in ("eager", *self.factories)}
+        mods = {}
+        for n in ("eager", *self.factories):
+            try:
+                mods[n] = self.candidate(n, x)
+            except KinetixError as e:  # e.g. a graph that cannot be exported: not a candidate
+                self.skipped[n] = str(e)
         ref = self.model(x)
         times: dict[str, list[float]] = {}
         for n, m in mods.items():
