@@ -142,7 +142,9 @@ def median_time(fn, path, idx, repeats: int, clock) -> float:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gop", type=int, nargs="+", default=[30], help="keyframe interval(s) in frames")
-    ap.add_argument("--repeats", type=int, default=5, help="timed runs per reader (median reported; default 5)")
+    ap.add_argument(
+        "--repeats", type=int, default=5, help="timed runs per reader (median reported; default 5)"
+    )
     ap.add_argument("--skip-all", action="store_true", help="skip the slow decode-everything baseline")
     ap.add_argument(
         "--clock",

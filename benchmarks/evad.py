@@ -48,7 +48,12 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="288×512 only, 2 timed runs")
     ap.add_argument("--runs", type=int, default=None, help="timed rounds (default 5, --quick 2)")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (torch.set_num_threads; default: torch's choice)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (torch.set_num_threads; default: torch's choice)",
+    )
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

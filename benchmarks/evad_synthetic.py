@@ -34,16 +34,28 @@ VIDEO_SIZE = (96, 128)  # kinetix data synth --kind detection writes 96 x 128 vi
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
-        "--num-videos", type=int, default=NUM_VIDEOS, help=f"synthetic videos to generate (default {NUM_VIDEOS})"
+        "--num-videos",
+        type=int,
+        default=NUM_VIDEOS,
+        help=f"synthetic videos to generate (default {NUM_VIDEOS})",
     )
     ap.add_argument("--data", type=Path, default=None, help="default: data/synth_det<num-videos>")
     ap.add_argument("--epochs", type=int, default=None, help="training epochs (default: the config's)")
     ap.add_argument(
-        "--out", type=Path, default=Path("runs/evad_synthetic_bench"), help="run folder (default: %(default)s)"
+        "--out",
+        type=Path,
+        default=Path("runs/evad_synthetic_bench"),
+        help="run folder (default: %(default)s)",
     )
-    ap.add_argument("--keep", type=float, nargs="+", default=[1.0, 0.7], help="keep rates to train (default: 1.0 0.7)")
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: steadier on a shared machine)")
-    ap.add_argument("--set", nargs="*", default=[], help="extra config overrides section.key=value, e.g. seed=1")
+    ap.add_argument(
+        "--keep", type=float, nargs="+", default=[1.0, 0.7], help="keep rates to train (default: 1.0 0.7)"
+    )
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (default 1: steadier on a shared machine)"
+    )
+    ap.add_argument(
+        "--set", nargs="*", default=[], help="extra config overrides section.key=value, e.g. seed=1"
+    )
     ap.add_argument(
         "--finetune",
         type=int,
@@ -51,7 +63,9 @@ def main(argv=None) -> None:
         metavar="EPOCHS",
         help="then fine-tune every keep rate from the keep-1.0 model for EPOCHS epochs and compare again",
     )
-    ap.add_argument("--finetune-lr", type=float, default=3e-4, help="learning rate of --finetune (default 3e-4)")
+    ap.add_argument(
+        "--finetune-lr", type=float, default=3e-4, help="learning rate of --finetune (default 3e-4)"
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     data = args.data or Path(f"data/synth_det{args.num_videos}")
@@ -70,7 +84,10 @@ def main(argv=None) -> None:
         res = run.test(cfg, fit["checkpoint"], args.out / f"eval-{name}")
         model = fit["module"].model.eval()
         gmacs = count_flops(model, torch.zeros(1, 3, model.num_frames, *VIDEO_SIZE)).gmacs
-        print(f"{name}: frame-mAP@0.5 {res['mAP']:.1f}, {gmacs:.3f} GMACs  (train {train_s / 60:.1f} min)", flush=True)
+        print(
+            f"{name}: frame-mAP@0.5 {res['mAP']:.1f}, {gmacs:.3f} GMACs  (train {train_s / 60:.1f} min)",
+            flush=True,
+        )
         return {"mAP": res["mAP"], "per_class": res["per_class"], "gmacs": gmacs, "train_s": round(train_s),
                 "checkpoint": fit["checkpoint"]}  # fmt: skip
 

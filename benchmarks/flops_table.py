@@ -23,7 +23,9 @@ REFERENCE = {
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("pattern", nargs="?", default="*", help="glob of model names, e.g. 'vivit*' (default: all)")
+    p.add_argument(
+        "pattern", nargs="?", default="*", help="glob of model names, e.g. 'vivit*' (default: all)"
+    )
     p.add_argument("--frames", type=int, default=None, help="override every model's frames")
     p.add_argument("--size", type=int, default=None, help="override every model's input size")
     p.add_argument("--include-test", action="store_true", help="also list the tiny test_* models")

@@ -87,7 +87,10 @@ def gemm_peak(threads: int, rounds: int) -> dict[str, float]:
             "gemm",
             [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
             [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])],
-            [numpy_helper.from_array(w.T.contiguous().numpy(), "wt"), numpy_helper.from_array(b.numpy(), "b")],
+            [
+                numpy_helper.from_array(w.T.contiguous().numpy(), "wt"),
+                numpy_helper.from_array(b.numpy(), "b"),
+            ],
         )
         proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
         sess = make_session(proto.SerializeToString(), threads)
@@ -131,6 +134,7 @@ def bench_model(name, kwargs, frames, size, rounds, threads, peak, tmp: Path, bf
         times = interleaved(fns, rounds)
         bf16_t = None
         if bf16:
+
             def run_bf16():
                 with torch.autocast("cpu", torch.bfloat16):
                     model(x)

@@ -96,7 +96,9 @@ def main(argv=None) -> None:
     ap.add_argument("--video-size", default="320x240", help="WxH of the synthetic video (default 320x240)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: one core)")
     ap.add_argument("--models", nargs="+", default=list(MODELS), help="models to time (default: all)")
-    ap.add_argument("--onnxruntime", action="store_true", help="also the exported ONNX step model in onnxruntime")
+    ap.add_argument(
+        "--onnxruntime", action="store_true", help="also the exported ONNX step model in onnxruntime"
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     w, h = (int(v) for v in args.video_size.lower().split("x"))
@@ -104,8 +106,13 @@ def main(argv=None) -> None:
         video = synthetic_video(Path(tmp) / "clip.mp4", args.frames, w, h)
         models = {n: create_model(n, num_classes=400).eval() for n in args.models}
         for m in models.values():  # warm-up (allocator, oneDNN primitives)
-            run_stream(open_source(str(video)), TorchBackend(m), FramePreprocess(m.pretrained_cfg), max_frames=10)
-        backends = {n: {"optimized": TorchBackend(m), "plain": TorchBackend(m, optimize=False)} for n, m in models.items()}
+            run_stream(
+                open_source(str(video)), TorchBackend(m), FramePreprocess(m.pretrained_cfg), max_frames=10
+            )
+        backends = {
+            n: {"optimized": TorchBackend(m), "plain": TorchBackend(m, optimize=False)}
+            for n, m in models.items()
+        }
         if args.onnxruntime:  # the exported step model (explicit shift caches) in onnxruntime, same threads
             for n, m in models.items():
                 backends[n]["onnxruntime"] = OnnxBackend(m, m.pretrained_cfg.input_size)
@@ -116,7 +123,12 @@ def main(argv=None) -> None:
                     rep = run_stream(open_source(str(video)), backend, FramePreprocess(m.pretrained_cfg))
                     s = rep.stats
                     runs.setdefault((n, kind), []).append(
-                        (s.percentile(50), s.percentile(95), s.percentile(50, cpu=True), s.percentile(95, cpu=True))
+                        (
+                            s.percentile(50),
+                            s.percentile(95),
+                            s.percentile(50, cpu=True),
+                            s.percentile(95, cpu=True),
+                        )
                     )
         print(f"per-frame latency (decode + preprocess + model), {args.threads} thread(s), {w}x{h} H.264 -> "
               f"256 short side -> 224 crop; median of {args.rounds} rounds x {args.frames} frames")  # fmt: skip

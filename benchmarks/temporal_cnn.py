@@ -124,7 +124,11 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=5, help="timed runs per model (median reported; default 5)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument(
-        "--skip", nargs="*", default=[], choices=["tsm", "stream", "gsm", "sifa", "nl"], help="sections to leave out"
+        "--skip",
+        nargs="*",
+        default=[],
+        choices=["tsm", "stream", "gsm", "sifa", "nl"],
+        help="sections to leave out",
     )
     a = p.parse_args(argv)
     if a.threads:

@@ -58,9 +58,17 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=None, help="timed rounds (default 3, --quick 2)")
     ap.add_argument("--size", type=int, default=224, help="input height = width (default 224)")
     ap.add_argument(
-        "--keyframe-weight", type=float, default=4.0, help="w_kf, weight of the keyframe/CLS query rows (default 4)"
+        "--keyframe-weight",
+        type=float,
+        default=4.0,
+        help="w_kf, weight of the keyframe/CLS query rows (default 4)",
     )
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (torch.set_num_threads; default: torch's choice)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (torch.set_num_threads; default: torch's choice)",
+    )
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -174,7 +174,9 @@ def main(argv=None) -> None:
         help="torch device (default: cuda when available, else cpu)",
     )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--only", default="1234", help="sections to run, by number (1-4 above), e.g. 13 (default: 1234)")
+    p.add_argument(
+        "--only", default="1234", help="sections to run, by number (1-4 above), e.g. 13 (default: 1234)"
+    )
     args = p.parse_args(argv)
     args.repeats = args.repeats or (3 if args.quick else 7)
     if args.threads:

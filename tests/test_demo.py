@@ -113,7 +113,9 @@ def _check_html_and_pictures(out):
     report = json.loads((out / "report.json").read_text())
     pics = report["explain"]
     classes = report["dataset"]["classes"]
-    assert {p["class"] for p in pics} == {classes[c] for pair in report["dataset"]["reversed_pairs"] for c in pair}
+    assert {p["class"] for p in pics} == {
+        classes[c] for pair in report["dataset"]["reversed_pairs"] for c in pair
+    }
     assert all(p["png"] in page.refs and p["mp4"] in page.refs for p in pics)
     for m, r in report["models"].items():
         x = r["explain"]

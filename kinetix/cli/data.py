@@ -159,5 +159,7 @@ def run_check(args) -> int:
     )
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.format())
     if not report.ok:
-        print(f"kinetix data check: {args.path}: problems found (listed in the report above)", file=sys.stderr)
+        print(
+            f"kinetix data check: {args.path}: problems found (listed in the report above)", file=sys.stderr
+        )
     return 0 if report.ok else 1

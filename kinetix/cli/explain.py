@@ -28,9 +28,13 @@ def register(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("video", type=Path, metavar="VIDEO", help="video file (or frame folder)")
-    p.add_argument("--checkpoint", metavar="CKPT", help="kinetix checkpoint folder / run folder / weights file")
+    p.add_argument(
+        "--checkpoint", metavar="CKPT", help="kinetix checkpoint folder / run folder / weights file"
+    )
     p.add_argument("--model", metavar="NAME", help="registered model name (for a bare weights file)")
-    p.add_argument("--out", type=Path, default=Path("explain_out"), help="output folder (default: explain_out)")
+    p.add_argument(
+        "--out", type=Path, default=Path("explain_out"), help="output folder (default: explain_out)"
+    )
     p.add_argument("--method", choices=("gradcam", "attention", "rollout", "offsets", "tokens"),
                    help="what to show (default: the model family's first method)")  # fmt: skip
     p.add_argument("--class", dest="class_name", metavar="NAME",

@@ -29,7 +29,9 @@ def register(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("model", nargs="?", metavar="MODEL", help="registered model name (see kinetix models)")
-    p.add_argument("--checkpoint", metavar="CKPT", help="kinetix checkpoint folder / run folder / weights file")
+    p.add_argument(
+        "--checkpoint", metavar="CKPT", help="kinetix checkpoint folder / run folder / weights file"
+    )
     p.add_argument("--out", required=True, metavar="FILE", help="output .onnx file")
     p.add_argument("--frames", type=int, metavar="T", help="frames per clip (default: the model's)")
     p.add_argument("--size", type=int, metavar="S", help="input height and width (default: the model's)")
@@ -38,7 +40,9 @@ def register(sub) -> None:
     p.add_argument(
         "--clip", action="store_true", help="export an online model as a clip model instead of a step model"
     )
-    p.add_argument("--rtol", type=float, default=1e-4, help="allowed max |diff| / logit scale (default: 1e-4)")
+    p.add_argument(
+        "--rtol", type=float, default=1e-4, help="allowed max |diff| / logit scale (default: 1e-4)"
+    )
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)

@@ -45,7 +45,9 @@ def register(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("source", metavar="SOURCE", help="video file, frame folder, camera device or stream URL")
-    p.add_argument("--checkpoint", metavar="CKPT", help="kinetix checkpoint folder / run folder / weights file")
+    p.add_argument(
+        "--checkpoint", metavar="CKPT", help="kinetix checkpoint folder / run folder / weights file"
+    )
     p.add_argument("--model", metavar="NAME", help="registered online model (its weights, or --checkpoint's)")
     p.add_argument("--out", metavar="VIDEO", help="write the frames with the label drawn (e.g. overlay.mp4)")
     p.add_argument(
@@ -61,10 +63,16 @@ def register(sub) -> None:
         "checked against torch; pip install 'kinetix[deploy]') or auto (default): both timed on a few "
         "frames, the faster used; torch when onnxruntime is not installed",
     )
-    p.add_argument("--smooth", type=int, default=12, metavar="N", help="frames of logits averaged (default: 12)")
+    p.add_argument(
+        "--smooth", type=int, default=12, metavar="N", help="frames of logits averaged (default: 12)"
+    )
     p.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
-    p.add_argument("--timeout", type=float, default=10.0, metavar="S", help="seconds to wait for a network source")
-    p.add_argument("--threads", type=int, metavar="N", help="torch threads (default: torch's; 1 on a busy machine)")
+    p.add_argument(
+        "--timeout", type=float, default=10.0, metavar="S", help="seconds to wait for a network source"
+    )
+    p.add_argument(
+        "--threads", type=int, metavar="N", help="torch threads (default: torch's; 1 on a busy machine)"
+    )
     p.add_argument("--quiet", action="store_true", help="print only the summary")
     p.set_defaults(func=run)
 
@@ -83,7 +91,9 @@ def run(args) -> int:
     backend = make_backend(args.backend, model, settings.input_size)
     timings = getattr(backend, "timings", None)
     if timings and not args.quiet:
-        what = ", ".join(f"{k} {v:.1f} ms" if isinstance(v, float) else f"{k} {v}" for k, v in timings.items())
+        what = ", ".join(
+            f"{k} {v:.1f} ms" if isinstance(v, float) else f"{k} {v}" for k, v in timings.items()
+        )
         print(f"backend: {backend.name} ({what} per step)")
     source = open_source(args.source, timeout=args.timeout)
     tty = sys.stdout.isatty()

@@ -155,8 +155,12 @@ def check_value(key: str, value, where: str = "") -> None:
                 raise ConfigError(f"{where}{key}: expected positive integers, got {value!r}")
             if not math.isfinite(item):
                 raise ConfigError(f"{where}{key}: expected finite numbers, got {value!r}")
-    if key == "train.devices" and not (value == "auto" or (isinstance(value, int) and (value >= 1 or value == -1))):
-        raise ConfigError(f"{where}{key}: expected a number of devices >= 1 (or -1: all, or 'auto'), got {value!r}")
+    if key == "train.devices" and not (
+        value == "auto" or (isinstance(value, int) and (value >= 1 or value == -1))
+    ):
+        raise ConfigError(
+            f"{where}{key}: expected a number of devices >= 1 (or -1: all, or 'auto'), got {value!r}"
+        )
     if key in ("data.std",) and any(v <= 0 for v in value):
         raise ConfigError(f"{where}{key}: standard deviations must be > 0, got {value!r}")
     if key == "optim.betas" and not all(0 <= v < 1 for v in value):
@@ -235,7 +239,9 @@ def config_from_dict(data: dict, source: str = "<dict>", lines: dict[str, int] |
 
 
 def parse_key_value(
-    text: str, form: str = "section.key=value", example: str = "--set optim.lr=0.01 or --set eval.views=[10,3]"
+    text: str,
+    form: str = "section.key=value",
+    example: str = "--set optim.lr=0.01 or --set eval.views=[10,3]",
 ) -> tuple[str, object]:
     """``'KEY=VALUE'`` -> ``(KEY, value)`` with the value parsed as YAML (the one KEY=VALUE parser of
     the command line: config overrides and ``kinetix flops --set``). ``form`` and ``example`` go
@@ -260,7 +266,9 @@ def apply_overrides(cfg: Config, overrides: typing.Iterable[str]) -> Config:
     return cfg
 
 
-def load_config(path: str | Path, overrides: typing.Iterable[str] = (), *, require_model: bool = True) -> Config:
+def load_config(
+    path: str | Path, overrides: typing.Iterable[str] = (), *, require_model: bool = True
+) -> Config:
     """Read a YAML config strictly and apply ``--set``-style overrides.
 
     The file (or an override) must name the model (``model.name``): a config without one is an

@@ -90,7 +90,13 @@ def _read_lines(path) -> list[tuple[int, str]]:
     """Non-blank, non-comment lines with 1-based line numbers."""
     p = Path(path)
     if not p.is_file():
-        what = "is a folder" if p.is_dir() else "is not a regular file" if p.exists() else "annotation file not found"
+        what = (
+            "is a folder"
+            if p.is_dir()
+            else "is not a regular file"
+            if p.exists()
+            else "annotation file not found"
+        )
         raise AnnotationError(p, None, what, "Check the path")
     try:
         text = p.read_text(encoding="utf-8-sig")
@@ -238,7 +244,13 @@ def parse_rawframe_list(
 def _load_json(path):
     p = Path(path)
     if not p.is_file():
-        what = "is a folder" if p.is_dir() else "is not a regular file" if p.exists() else "annotation file not found"
+        what = (
+            "is a folder"
+            if p.is_dir()
+            else "is not a regular file"
+            if p.exists()
+            else "annotation file not found"
+        )
         raise AnnotationError(p, None, what, "Check the path")
     try:
         return json.loads(p.read_text(encoding="utf-8"))
@@ -507,7 +519,10 @@ def read_ava_rows(path, with_scores: bool = False, on_error: OnError = None) -> 
         except ValueError:
             what = "score" if with_scores else "person ids"
             _fail(
-                on_error, path, lineno, f"timestamp/action ids must be integers, box coords and {what} numbers"
+                on_error,
+                path,
+                lineno,
+                f"timestamp/action ids must be integers, box coords and {what} numbers",
             )
             continue
         out.append(AVARow(parts[0], ts, (x1, y1, x2, y2), action, last, lineno))
@@ -535,7 +550,10 @@ def parse_ava_csv(
         x1, y1, x2, y2 = row.box
         if not (0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1):
             _fail(
-                on_error, path, row.line, f"box {x1, y1, x2, y2} is not normalised with x1<x2, y1<y2 in [0, 1]"
+                on_error,
+                path,
+                row.line,
+                f"box {x1, y1, x2, y2} is not normalised with x1<x2, y1<y2 in [0, 1]",
             )
             continue
         if known is not None and row.action not in known:

@@ -115,7 +115,9 @@ class DatasetReport:
             sizes = sorted(self.frame_sizes.items(), key=lambda kv: -kv[1])[:5]
             lines.append("  frame sizes (WxH): " + ", ".join(f"{s} ({c})" for s, c in sizes))
         if self.empty:
-            lines.append("  no samples: the annotation lists no videos (a header only, or every line malformed)")
+            lines.append(
+                "  no samples: the annotation lists no videos (a header only, or every line malformed)"
+            )
         for title, items in (
             ("warnings", self.warnings),
             ("unreadable videos", [f"{p}: {r}" for p, r in self.unreadable.items()]),

@@ -620,7 +620,13 @@ class VideoWriter:
             self._opts["crf"] = str(crf)
         if preset is not None:
             self._opts["preset"] = preset
-        self._codec, self._pix_fmt, self._gop, self._rotation, self._threads = codec, pix_fmt, gop, rotation, threads
+        self._codec, self._pix_fmt, self._gop, self._rotation, self._threads = (
+            codec,
+            pix_fmt,
+            gop,
+            rotation,
+            threads,
+        )
         self._container = av.open(str(self.path), "w")
         self._stream = None
         self.frames_written = 0

@@ -150,7 +150,9 @@ def _save_checked(program, path: Path, check) -> None:
 def _compare(ref: torch.Tensor, out: np.ndarray, rtol: float, what: str) -> tuple[float, float]:
     out_t = torch.from_numpy(np.asarray(out)).to(ref.dtype)
     if out_t.shape != ref.shape:
-        raise ExportError(f"{what}: onnxruntime output shape {tuple(out_t.shape)} != PyTorch {tuple(ref.shape)}")
+        raise ExportError(
+            f"{what}: onnxruntime output shape {tuple(out_t.shape)} != PyTorch {tuple(ref.shape)}"
+        )
     diff = float((out_t - ref).abs().max())
     scale = float(ref.abs().max())
     if not np.isfinite(diff) or diff > rtol * max(scale, 1e-6):
@@ -196,7 +198,9 @@ def export_onnx(
         if dynamic_batch:
             dyn = ({0: torch.export.Dim("batch", min=1, max=4096)},)  # by position: forward's arg name varies
         with torch.no_grad():
-            refs = {b: model(x[:b]) for b in sorted({batch_size, trace_b, 1 if dynamic_batch else batch_size})}
+            refs = {
+                b: model(x[:b]) for b in sorted({batch_size, trace_b, 1 if dynamic_batch else batch_size})
+            }
         if not all(torch.is_tensor(r) for r in refs.values()):
             raise ExportError(f"{type(model).__name__}.forward must return a tensor of logits to be exported")
         program = _torch_export(model, (x[:trace_b],), ["video"], ["logits"], dyn, opset)
@@ -291,7 +295,9 @@ def export_step_onnx(
     video). Raises :class:`~kinetix.errors.ExportError` for non-causal models.
     """
     if not isinstance(model, Recognizer2D):
-        raise ExportError(f"step export needs an online 2D recogniser (e.g. tsm_r50_online), got {type(model).__name__}")
+        raise ExportError(
+            f"step export needs an online 2D recogniser (e.g. tsm_r50_online), got {type(model).__name__}"
+        )
     try:
         streamer = StreamingRecognizer(model)
     except ValueError as e:

@@ -33,7 +33,9 @@ BACKENDS = ("auto", "eager", "onednn", "onnxruntime")
 class OnnxRuntimeModule(nn.Module):
     """``model`` exported at the clip shape of ``example`` (dynamic batch) behind a torch call."""
 
-    def __init__(self, model: nn.Module, example: torch.Tensor, threads: int | None = None, rtol: float = 1e-4):
+    def __init__(
+        self, model: nn.Module, example: torch.Tensor, threads: int | None = None, rtol: float = 1e-4
+    ):
         super().__init__()
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "model.onnx"

@@ -133,7 +133,9 @@ class _AVSource(FrameSource):
     def __init__(self, name: str, url: str, fmt: str | None, live: bool, options: dict, timeout: float):
         self.name, self.live = name, live
         try:
-            self._container = av.open(url, format=fmt, options=options, timeout=timeout, metadata_errors="ignore")
+            self._container = av.open(
+                url, format=fmt, options=options, timeout=timeout, metadata_errors="ignore"
+            )
         except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
             raise StreamError(f"{name}: cannot open the source ({_short(e)}). {_open_hint(url, fmt)}") from e
         if not self._container.streams.video:
@@ -190,7 +192,10 @@ class _FolderSource(FrameSource):
             return self._full.get_frames([i])[0].numpy()
         if side not in self._scaled:  # the reader the test views use (JPEG draft decode + resize)
             self._scaled[side] = FrameFolderReader(
-                self._full.path, template=self._full.template, start_index=self._full.start_index, short_side=side
+                self._full.path,
+                template=self._full.template,
+                start_index=self._full.start_index,
+                short_side=side,
             )
         return self._scaled[side].get_frames([i])[0].numpy()
 
@@ -298,8 +303,10 @@ def fuse_conv_bn(model: nn.Module) -> nn.Module:
             for k in (1, 2, 3):
                 conv, bn = getattr(mod, f"conv{k}", None), getattr(mod, f"bn{k}", None)
                 between = getattr(mod, "temporal_mid", None) if k == 1 else None
-                if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and (
-                    between is None or isinstance(between, nn.Identity)
+                if (
+                    isinstance(conv, nn.Conv2d)
+                    and isinstance(bn, nn.BatchNorm2d)
+                    and (between is None or isinstance(between, nn.Identity))
                 ):
                     setattr(mod, f"conv{k}", _fold(conv, bn))
                     setattr(mod, f"bn{k}", nn.Identity())
@@ -559,7 +566,9 @@ def run_stream(
                 stats.latency_ms.append(latency)
                 stats.seconds = time.perf_counter() - start
                 name = names[label] if label < len(names) else str(label)
-                res = FrameResult(frame.index, frame.time, label, name, prob, latency, logits if keep_logits else None)
+                res = FrameResult(
+                    frame.index, frame.time, label, name, prob, latency, logits if keep_logits else None
+                )
                 results.append(res)
                 last = f"{name} ({100 * prob:.0f}%)"
                 if writer is not None:
@@ -602,5 +611,7 @@ def load_stream_model(checkpoint: str | Path | None, model_name: str | None):
             if not meta.get("config"):  # converted / saved weights: the model name is in the metadata
                 model_name = meta.get("kinetix_model")
         model, cfg, names = model_from_checkpoint(path, model_name)
-    settings = resolve_data_settings(model.pretrained_cfg, cfg.data if cfg else None, cfg.eval if cfg else None)
+    settings = resolve_data_settings(
+        model.pretrained_cfg, cfg.data if cfg else None, cfg.eval if cfg else None
+    )
     return model, settings, names

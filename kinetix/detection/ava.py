@@ -102,7 +102,9 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
-def match_keyframe(det_boxes, det_scores, gt_boxes, iou_threshold: float = 0.5, sort: bool = True) -> np.ndarray:
+def match_keyframe(
+    det_boxes, det_scores, gt_boxes, iou_threshold: float = 0.5, sort: bool = True
+) -> np.ndarray:
     """True-positive flags of one keyframe and one class: greedy, by descending score (``sort``;
     ties in input order) or in input order."""
     tp = np.zeros(len(det_boxes), dtype=bool)

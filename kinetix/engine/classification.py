@@ -100,7 +100,9 @@ def _classes(cfg, ann: Path | None, checkpoint) -> tuple[list[str] | None, int |
 
 def build(cfg, stage: str = "fit", checkpoint=None):
     """LightningModule and LightningDataModule for ``stage`` (``fit`` or ``test``)."""
-    anns = {s: resolve_path(cfg, getattr(cfg.data, f"{s}_ann"), f"data.{s}_ann") for s in ("train", "val", "test")}
+    anns = {
+        s: resolve_path(cfg, getattr(cfg.data, f"{s}_ann"), f"data.{s}_ann") for s in ("train", "val", "test")
+    }
     if stage == "fit" and anns["train"] is None:
         raise ConfigError("training needs data.train_ann (an annotation file)")
     if stage != "fit" and anns["test"] is None and anns["val"] is None:
@@ -168,7 +170,9 @@ def evaluate(cfg, checkpoint, out_dir, *, trainer_kwargs=None) -> dict:
     trainer.test(module, datamodule=dm, verbose=False)
     skipped = tracker.paths(trainer, "test")
     if not getattr(module, "_test_parts", None):
-        raise DatasetError(f"no video of the test set could be read ({len(skipped)} skipped, e.g. {skipped[:3]})")
+        raise DatasetError(
+            f"no video of the test set could be read ({len(skipped)} skipped, e.g. {skipped[:3]})"
+        )
     res = dict(module.test_results)
     # unreadable videos are skipped, never scored in substitute: 'count' is the scored ones
     res.update(skipped=len(skipped), skipped_videos=skipped)
@@ -251,5 +255,7 @@ def predict_videos(
                 f"{source or 'the model'}: gives non-finite scores (NaN/inf) on {path}; its weights "
                 "are broken or overflow at this precision. Use another checkpoint"
             )
-        out.append({"video": str(path), "views": int(views.shape[0]), "top": top_classes(scores, names, topk)})
+        out.append(
+            {"video": str(path), "views": int(views.shape[0]), "top": top_classes(scores, names, topk)}
+        )
     return out

@@ -437,7 +437,7 @@ def _html(report: dict) -> str:
         ]
         for p in report.get("explain", []):
             parts.append(
-                f'<div class=pic><h3>{e(p["class"])} <span class=note>({e(p["video"])})</span></h3>'
+                f"<div class=pic><h3>{e(p['class'])} <span class=note>({e(p['video'])})</span></h3>"
                 f'<img src="{e(p["png"])}" alt="{e(p["class"])}">'
                 f'<video src="{e(p["mp4"])}" controls loop muted autoplay playsinline></video></div>'
             )

@@ -134,7 +134,11 @@ class DetectionModule(TaskModule):
     def frame_map(self) -> dict:
         """Frame-mAP (percent) of the collected rows under the configured protocol."""
         return ava.frame_map(
-            self._gt, self._det, self.eval_ids, protocol=self.extra["protocol"], capacity=self.extra["capacity"]
+            self._gt,
+            self._det,
+            self.eval_ids,
+            protocol=self.extra["protocol"],
+            capacity=self.extra["capacity"],
         )
 
     def on_validation_epoch_start(self) -> None:
@@ -163,7 +167,9 @@ def _dataset(cfg, ann: Path, settings, mode: str, label_map: dict, ex: dict) -> 
         train=mode == "train", flip=cfg.data.flip,
     )  # fmt: skip
     video_root = (
-        resolve_path(cfg, ex["video_root"], "extra.video_root") if ex["video_root"] else Path(cfg.data.root or ".")
+        resolve_path(cfg, ex["video_root"], "extra.video_root")
+        if ex["video_root"]
+        else Path(cfg.data.root or ".")
     )
     return AVADataset(
         ann, video_root, label_map, num_frames=settings.num_frames, frame_interval=settings.frame_interval,
@@ -183,7 +189,9 @@ def build(cfg, stage: str = "fit", checkpoint=None):
     """LightningModule and DataModule of a detection config for ``stage`` (``fit`` or ``test``)."""
     ex = extra_settings(cfg)
     label_map = _label_map(cfg, ex)
-    anns = {s: resolve_path(cfg, getattr(cfg.data, f"{s}_ann"), f"data.{s}_ann") for s in ("train", "val", "test")}
+    anns = {
+        s: resolve_path(cfg, getattr(cfg.data, f"{s}_ann"), f"data.{s}_ann") for s in ("train", "val", "test")
+    }
     if stage == "fit" and anns["train"] is None:
         raise ConfigError("training needs data.train_ann (an AVA CSV)")
     if stage != "fit" and anns["test"] is None and anns["val"] is None:
@@ -205,7 +213,11 @@ def build(cfg, stage: str = "fit", checkpoint=None):
         model,
         cfg,
         label_map,
-        meta={"dataset_fingerprint": fingerprint, "data_settings": dict(settings.__dict__), "label_map": label_map},
+        meta={
+            "dataset_fingerprint": fingerprint,
+            "data_settings": dict(settings.__dict__),
+            "label_map": label_map,
+        },
     )
     dm = VideoDataModule(
         sets.get("train"), sets.get("val"), sets.get("test"), batch_size=cfg.data.batch_size,
@@ -259,7 +271,9 @@ def load_detector(checkpoint: str | Path):
     model, cfg, names = model_from_checkpoint(checkpoint)
     if cfg is None or cfg.task != "detection":
         what = "carries no config" if cfg is None else f"is a {cfg.task!r} checkpoint"
-        raise ConfigError(f"{checkpoint}: {what}, not a trained detector (`kinetix train` on a detection config)")
+        raise ConfigError(
+            f"{checkpoint}: {what}, not a trained detector (`kinetix train` on a detection config)"
+        )
     if not names:
         raise ConfigError(f"{checkpoint}: carries no class names; was it written by `kinetix train`?")
     return model, names, resolve_data_settings(model.pretrained_cfg, cfg.data, cfg.eval)

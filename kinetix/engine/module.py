@@ -59,7 +59,9 @@ class ClassificationModule(TaskModule):
     def on_train_batch_start(self, batch, batch_idx) -> None:
         super().on_train_batch_start(batch, batch_idx)
         if self.mixer is not None:
-            self.mixer.rng = np.random.default_rng(derive_seed(self.cfg.seed, self.global_step, self.global_rank, 1))
+            self.mixer.rng = np.random.default_rng(
+                derive_seed(self.cfg.seed, self.global_step, self.global_rank, 1)
+            )
 
     def training_step(self, batch, batch_idx):
         x, y = batch["video"], batch["label"]

@@ -97,7 +97,9 @@ def _fit(cfg, resume, callbacks, **trainer_overrides) -> dict:
     os.environ.setdefault(RUN_DIR_ENV, str(run_dir))  # DDP children inherit it; fit() removes it
     ckpt_dir = run_dir / "checkpoints"
     module.meta["checkpoint_dir"] = str(ckpt_dir)
-    saver = PeriodicCheckpoint(ckpt_dir, cfg.train.checkpoint_every_n_steps, cfg.train.keep_last, task.MONITOR)
+    saver = PeriodicCheckpoint(
+        ckpt_dir, cfg.train.checkpoint_every_n_steps, cfg.train.keep_last, task.MONITOR
+    )
     start, shrink = cfg.schedule.keep_rate_start_epochs, cfg.schedule.keep_rate_shrink_epochs
     if start or shrink:  # ahead of the user's callbacks
         callbacks = [KeepRateSchedule(start, shrink), *callbacks]
@@ -125,7 +127,9 @@ def saved_config(checkpoint: str | Path):
     ckpt = resolve_checkpoint(checkpoint)
     data = read_manifest(ckpt).get("config")
     if not isinstance(data, dict) or not data:
-        raise CheckpointError(f"{ckpt / MANIFEST}: holds no config; the checkpoint was not written by kinetix train")
+        raise CheckpointError(
+            f"{ckpt / MANIFEST}: holds no config; the checkpoint was not written by kinetix train"
+        )
     return config_from_dict(data, str(ckpt / MANIFEST))
 
 
@@ -213,7 +217,9 @@ def predict(
         model, cfg, class_names = model_from_checkpoint(checkpoint, model_name)
     else:
         model, cfg, class_names = create_model(model_name, pretrained=True).eval(), None, None
-    settings = resolve_data_settings(model.pretrained_cfg, cfg.data if cfg else None, cfg.eval if cfg else None)
+    settings = resolve_data_settings(
+        model.pretrained_cfg, cfg.data if cfg else None, cfg.eval if cfg else None
+    )
     if views is not None:
         settings = settings.with_views(views)
     aggregate = aggregate or (cfg.eval.aggregate if cfg else "logits")

@@ -54,7 +54,9 @@ def resolve_path(cfg, value, key: str, must_exist: bool = True) -> Path | None:
     found = next((t for t in tried if t.exists()), None)
     if found is None and must_exist:
         where = " or ".join(str(t) for t in tried)
-        raise ConfigError(f"{key}: no such file or folder: {where} (relative to {Path.cwd()}); set {key} to its path")
+        raise ConfigError(
+            f"{key}: no such file or folder: {where} (relative to {Path.cwd()}); set {key} to its path"
+        )
     return found or tried[-1]
 
 

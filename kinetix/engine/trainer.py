@@ -77,7 +77,10 @@ def build_logger(name: str, run_dir: Path):
     if key == "csv":
         return pl.loggers.CSVLogger(str(run_dir), name="logs")
     if key in ("tensorboard", "tensorboardlogger"):
-        if importlib.util.find_spec("tensorboard") is None and importlib.util.find_spec("tensorboardX") is None:
+        if (
+            importlib.util.find_spec("tensorboard") is None
+            and importlib.util.find_spec("tensorboardX") is None
+        ):
             raise ConfigError(
                 "train.loggers: tensorboard needs the tensorboard package: `pip install tensorboard` "
                 "(or use the default csv logger)"

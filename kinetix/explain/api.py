@@ -89,7 +89,9 @@ def load_explainable(checkpoint: str | Path | None = None, model_name: str | Non
         model, cfg, names = model_from_checkpoint(checkpoint, model_name)
     if cfg is not None and cfg.task == "detection":
         return load_detector(checkpoint)
-    settings = resolve_data_settings(model.pretrained_cfg, cfg.data if cfg else None, cfg.eval if cfg else None)
+    settings = resolve_data_settings(
+        model.pretrained_cfg, cfg.data if cfg else None, cfg.eval if cfg else None
+    )
     return model, names, settings
 
 
@@ -242,8 +244,12 @@ def mask_mass_share(heat: np.ndarray, mask: np.ndarray) -> float:
 def mask_for_view(mask: np.ndarray, indices: np.ndarray, settings) -> np.ndarray:
     """A full-video mask ``(N, H, W)`` bool -> the mask of the test view ``(T, h, w)``: the sampled
     frames through the test-view transform (resize, centre crop; identity normalisation)."""
-    plain = replace(settings, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), value_range=255.0, channel_order="RGB")
-    m = torch.from_numpy(mask[indices].astype(np.uint8) * 255)[..., None].expand(-1, -1, -1, 3)  # (T, H, W, 3)
+    plain = replace(
+        settings, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), value_range=255.0, channel_order="RGB"
+    )
+    m = torch.from_numpy(mask[indices].astype(np.uint8) * 255)[..., None].expand(
+        -1, -1, -1, 3
+    )  # (T, H, W, 3)
     m = test_view_transform(plain, crops=1)(m)[0]  # (3, T, h, w) in 0..255
     return m[0].numpy() >= 127.5
 

@@ -39,7 +39,9 @@ def offset_field(
         )
     name = block or blocks[0]
     if name not in blocks:
-        raise ConfigError(f"{name!r} is not a SIFA block of {type(model).__name__}; one of {', '.join(blocks)}")
+        raise ConfigError(
+            f"{name!r} is not a SIFA block of {type(model).__name__}; one of {', '.join(blocks)}"
+        )
     sifa = dict(model.named_modules())[name]
     out = []
     hook = sifa.conv_offset.register_forward_hook(lambda m, i, o: out.append(o))

@@ -123,7 +123,9 @@ class AttentionLog:
 
 
 @contextmanager
-def record_attention(model: nn.Module, mean_heads: bool = True, detach: bool = True) -> Iterator[AttentionLog]:
+def record_attention(
+    model: nn.Module, mean_heads: bool = True, detach: bool = True
+) -> Iterator[AttentionLog]:
     """Within the block, every :class:`Attention` in ``model`` computes its probabilities explicitly
     and logs them (:class:`AttentionLog`); the outputs equal the SDPA path's up to rounding. Restores
     the SDPA path on exit, also after an error."""

@@ -21,7 +21,9 @@ def set_partial_bn(module: nn.Module) -> int:
     zero-initialised non-local output BN would keep the block at the identity for ever."""
     new = [m for m in module.modules() if isinstance(m, GateShift | NonLocal3D)]
     skip = {id(b) for m in new for b in m.modules()}
-    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in skip]
+    bns = [
+        m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in skip
+    ]
     for m in bns[1:]:
         m.eval()
         m.requires_grad_(False)

@@ -428,7 +428,9 @@ class NonLocal3D(nn.Module):
     online frame by frame.
     """
 
-    def __init__(self, channels: int, num_frames: int, inter_channels: int | None = None, sub_sample: bool = True):
+    def __init__(
+        self, channels: int, num_frames: int, inter_channels: int | None = None, sub_sample: bool = True
+    ):
         super().__init__()
         self.channels, self.num_frames, self.sub_sample = channels, num_frames, sub_sample
         self.inter_channels = ci = inter_channels or max(channels // 2, 1)

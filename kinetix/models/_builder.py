@@ -233,7 +233,11 @@ def convert_with_report(
     :class:`CheckpointError` listing the missing ones, unless ``allow_partial``), load strictly,
     and is then written as safetensors. Returns the path and the :class:`ConversionReport`."""
     sd = read_state_dict(src)
-    bad = [k for k, v in sd.items() if v.is_floating_point() and not v.is_meta and not bool(torch.isfinite(v).all())]
+    bad = [
+        k
+        for k, v in sd.items()
+        if v.is_floating_point() and not v.is_meta and not bool(torch.isfinite(v).all())
+    ]
     if bad:
         raise CheckpointError(
             f"{src}: {len(bad)} tensor(s) hold NaN or infinite values ({_short(bad, 4)}); the weights "

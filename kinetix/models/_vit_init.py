@@ -75,7 +75,9 @@ def hf_vit_keys(
             new = next((n + rest[len(o) :] for o, n in extra if rest.startswith(o)), None)
             mq = _HF_QKV.match(rest) if new is None else None
             if mq:
-                qkv.setdefault(f"blocks.{i}.attn.", {})[f"{(mq.group(1) or mq.group(2))[0]}.{mq.group(3)}"] = v
+                qkv.setdefault(f"blocks.{i}.attn.", {})[
+                    f"{(mq.group(1) or mq.group(2))[0]}.{mq.group(3)}"
+                ] = v
                 continue
             if new is None:
                 new = next((n + rest[len(o) :] for o, n in HF_VIT_BLOCK if rest.startswith(o)), None)

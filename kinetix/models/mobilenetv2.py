@@ -32,7 +32,15 @@ from kinetix.layers.temporal import TemporalShift
 __all__ = ["InvertedResidual", "MobileNetV2", "convert_official", "make_divisible"]
 
 # expansion t, output channels c, blocks n, first stride s (Table 2 of the paper)
-_SETTING = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+_SETTING = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
 
 TemporalFactory = Callable[[int, int], nn.Module]
 
@@ -129,7 +137,9 @@ class MobileNetV2(nn.Module):
         self.features = nn.Sequential(*features)
         self.num_features = last
         self.classifier = (
-            nn.Sequential(nn.Dropout(dropout), nn.Linear(last, num_classes)) if num_classes > 0 else nn.Identity()
+            nn.Sequential(nn.Dropout(dropout), nn.Linear(last, num_classes))
+            if num_classes > 0
+            else nn.Identity()
         )
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -166,7 +176,11 @@ _FLAT_KEY = re.compile(r"^features\.(\d+)\.conv\.(\d+)\.(?:net\.)?(.+)$")
 
 
 def _shifted_blocks(backbone: MobileNetV2) -> set[int]:
-    return {i for i, m in enumerate(backbone.features) if isinstance(getattr(m, "temporal_in", None), TemporalShift)}
+    return {
+        i
+        for i, m in enumerate(backbone.features)
+        if isinstance(getattr(m, "temporal_in", None), TemporalShift)
+    }
 
 
 def convert_official(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor] | None:
@@ -186,7 +200,9 @@ def convert_official(state_dict: dict[str, torch.Tensor], model: nn.Module) -> d
     sd = {k.removeprefix("module."): v for k, v in state_dict.items()}
     backbone = model.backbone
     if any(k.startswith("base_model.") for k in sd):
-        marked = {int(m.group(1)) for k in sd if (m := re.match(r"^base_model\.features\.(\d+)\.conv\.0\.net\.", k))}
+        marked = {
+            int(m.group(1)) for k in sd if (m := re.match(r"^base_model\.features\.(\d+)\.conv\.0\.net\.", k))
+        }
         own = _shifted_blocks(backbone)
         if marked != own:
             what = "a TSM checkpoint" if marked else "a checkpoint without temporal shifts (TSN)"

@@ -239,7 +239,9 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: Recognizer2
             k = "backbone." + tv
         k = re.sub(r"^new_fc\.", "fc.", k)
         k = k.replace(".net.", ".")  # TSM wrapper: conv1.net.weight -> conv1.weight
-        k = re.sub(r"(layer\d\.\d+)\.block\.", r"\1.", k)  # TSM-NL wrapper: layer2.0.block.conv1 -> layer2.0.conv1
+        k = re.sub(
+            r"(layer\d\.\d+)\.block\.", r"\1.", k
+        )  # TSM-NL wrapper: layer2.0.block.conv1 -> layer2.0.conv1
         k = re.sub(r"(layer\d\.\d+)\.nl\.(phi|g)\.0\.", r"\1.non_local.\2.", k)  # Sequential(conv, pool)
         k = re.sub(r"(layer\d\.\d+)\.nl\.", r"\1.non_local.", k)
         if k in own and own[k].shape != v.shape and own[k].numel() == v.numel():
@@ -540,19 +542,25 @@ def test_tsn_inceptionv3(variant: str = "cuhk", **kwargs):
 def test_gsm_inceptionv3(variant: str = "cuhk", causal: bool = False, **kwargs):
     """Tiny GSM Inception-v3 for CI: every width / 8, 75x75 input (the smallest Inception-v3 input)."""
     return _inceptionv3_recognizer(temporal="gsm", variant=variant, causal=causal, width_div=8, **kwargs)
+
+
 _TINY_MBV2 = dict(width_mult=0.25, last_channel=64)
 
 
 @register_model(cfgs=_K400_CI)
 def test_tsm_mobilenetv2(shift_div: int = 8, **kwargs):
     """Tiny TSM MobileNetV2 (width 0.25, last conv 64 channels) for CI."""
-    return _mobilenetv2_recognizer(**{"num_classes": 10, **_TINY_MBV2, **kwargs}, temporal=_shift(shift_div, False))
+    return _mobilenetv2_recognizer(
+        **{"num_classes": 10, **_TINY_MBV2, **kwargs}, temporal=_shift(shift_div, False)
+    )
 
 
 @register_model(cfgs=_K400_CI)
 def test_tsm_mobilenetv2_online(shift_div: int = 8, **kwargs):
     """Tiny online TSM MobileNetV2 for streaming tests/demos."""
-    return _mobilenetv2_recognizer(**{"num_classes": 10, **_TINY_MBV2, **kwargs}, temporal=_shift(shift_div, True))
+    return _mobilenetv2_recognizer(
+        **{"num_classes": 10, **_TINY_MBV2, **kwargs}, temporal=_shift(shift_div, True)
+    )
 
 
 def _resnet_recognizer_tiny(

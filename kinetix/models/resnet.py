@@ -48,7 +48,9 @@ def _slots(temporal: nn.Module | None, position: str) -> tuple[nn.Module, nn.Mod
 class BasicBlock(nn.Module):
     expansion = 1
 
-    def __init__(self, inplanes, planes, stride=1, downsample=None, temporal=None, position="input", post=None):
+    def __init__(
+        self, inplanes, planes, stride=1, downsample=None, temporal=None, position="input", post=None
+    ):
         super().__init__()
         if position == "conv2":
             raise ValueError("BasicBlock has no 'conv2' temporal slot")
@@ -89,7 +91,9 @@ class BasicBlock(nn.Module):
 class Bottleneck(nn.Module):
     expansion = 4
 
-    def __init__(self, inplanes, planes, stride=1, downsample=None, temporal=None, position="input", post=None):
+    def __init__(
+        self, inplanes, planes, stride=1, downsample=None, temporal=None, position="input", post=None
+    ):
         super().__init__()
         self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -208,7 +212,9 @@ class ResNet(nn.Module):
                 elif isinstance(m, BasicBlock):
                     nn.init.zeros_(m.bn2.weight)
 
-    def _make_layer(self, block, planes, blocks, stride, frames, temporal, position, every, first, post=(None, ())):
+    def _make_layer(
+        self, block, planes, blocks, stride, frames, temporal, position, every, first, post=(None, ())
+    ):
         downsample = None
         if stride != 1 or self.inplanes != planes * block.expansion:
             downsample = nn.Sequential(

@@ -167,7 +167,9 @@ class WindowAttention(Attention):
 
 
 # ---- temporal layers of SIFA-Transformer ---------------------------------------------------------------
-def local_inter_frame_attention(f: torch.Tensor, kernel_size: int = 3, last_frame: str = "none") -> torch.Tensor:
+def local_inter_frame_attention(
+    f: torch.Tensor, kernel_size: int = 3, last_frame: str = "none"
+) -> torch.Tensor:
     """SIFA with zero offsets on channels-last features ``(B, T, H, W, C) -> (B, T, H, W, C)``.
 
     Frame t (query at p) aggregates the ``k x k`` neighbourhood of frame t+1 (keys = values, zero

@@ -76,7 +76,12 @@ class FastLinear(nn.Linear):
     def from_tensors(cls, weight: torch.Tensor, bias: torch.Tensor | None) -> FastLinear:
         """A fixed affine map ``h @ weight.T + bias`` (e.g. two layers composed at inference)."""
         shell = nn.Module()
-        shell.in_features, shell.out_features, shell.weight, shell.bias = weight.shape[1], weight.shape[0], weight, bias
+        shell.in_features, shell.out_features, shell.weight, shell.bias = (
+            weight.shape[1],
+            weight.shape[0],
+            weight,
+            bias,
+        )
         return cls(shell)
 
     def with_bias(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -234,7 +239,9 @@ def _close(out, ref, rtol: float) -> bool:
     return float((out.float() - ref.float()).abs().max()) <= rtol * max(float(ref.abs().max()), 1e-6)
 
 
-def fast_inference(model: nn.Module, backend: str = "auto", example: torch.Tensor | None = None) -> InferenceModel:
+def fast_inference(
+    model: nn.Module, backend: str = "auto", example: torch.Tensor | None = None
+) -> InferenceModel:
     """``model`` in eval mode behind an :class:`InferenceModel` (``auto``: eager vs oneDNN, measured);
     ``example`` makes ``auto`` choose now instead of on the first call."""
     out = InferenceModel(model, backend).eval()

@@ -97,7 +97,9 @@ def test_test_and_predict_score_the_same_views(trained, capsys, views):
     assert len(tested) == 6
     capsys.readouterr()
     videos = [r["video"] for r in tested]
-    assert main(["predict", *videos, "--checkpoint", str(ckpt), "--views", views, "--topk", "3", "--json"]) == 0
+    assert (
+        main(["predict", *videos, "--checkpoint", str(ckpt), "--views", views, "--topk", "3", "--json"]) == 0
+    )
     predicted = json.loads(capsys.readouterr().out)
     for t, p in zip(tested, predicted):
         assert p["views"] == int(views[0]) * int(views[2])

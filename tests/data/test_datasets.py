@@ -119,7 +119,9 @@ def test_bad_files_are_skipped_counted_and_logged(make_video, tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="kinetix.data.datasets"):
         items = [ds[i] for i in range(len(ds))]
     assert set(ds.bad_samples) == {str(tmp_path / n) for n in ("empty.mp4", "junk.mp4", "missing.mp4")}
-    assert ds.bad_indices == {4, 5, 6} and [it.get("skipped", False) for it in items] == [False] * 4 + [True] * 3
+    assert (
+        ds.bad_indices == {4, 5, 6} and [it.get("skipped", False) for it in items] == [False] * 4 + [True] * 3
+    )
     batch = collate_skipping(items)
     assert batch["index"].tolist() == [0, 1, 2, 3] and batch["bad_indices"].tolist() == [4, 5, 6]
     assert collate_skipping(items[4:]).keys() == {"bad_indices"}  # nothing left to score
@@ -144,7 +146,10 @@ def test_bad_fraction_is_over_the_whole_set(make_video, tmp_path, num_bad, limit
     for mode in ("test", "train"):
         ds = VideoClassificationDataset(samples, tmp_path, num_frames=2, mode=mode, max_bad_fraction=limit)
         if stops:
-            with pytest.raises(DatasetError, match=rf"(?s)\b{int(limit * 50) + 1} of 50 samples are unreadable .*bad0.mp4.*kinetix data check"):
+            with pytest.raises(
+                DatasetError,
+                match=rf"(?s)\b{int(limit * 50) + 1} of 50 samples are unreadable .*bad0.mp4.*kinetix data check",
+            ):
                 [ds[i] for i in range(len(ds))]
         else:
             [ds[i] for i in range(len(ds))]

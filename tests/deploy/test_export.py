@@ -66,7 +66,9 @@ def _check_file(model, path, batch=1):
     return ref
 
 
-@pytest.mark.parametrize(("name", "kwargs"), TINY, ids=[f"{n}-{'-'.join(map(str, k.values()))}" for n, k in TINY])
+@pytest.mark.parametrize(
+    ("name", "kwargs"), TINY, ids=[f"{n}-{'-'.join(map(str, k.values()))}" for n, k in TINY]
+)
 def test_export_tiny_family(tmp_path, randomize, name, kwargs):
     model = randomize(create_model(name, **kwargs))
     res = export_onnx(model, tmp_path / "m.onnx")

@@ -63,7 +63,11 @@ def _randomise(model, sample):
             if p.dim() > 1:
                 p.copy_(torch.randn(p.shape, generator=g) * (2 / p[0].numel()) ** 0.5)
             else:
-                p.copy_(torch.rand(p.shape, generator=g) + 0.5 if n.endswith("weight") else torch.randn(p.shape, generator=g) * 0.1)
+                p.copy_(
+                    torch.rand(p.shape, generator=g) + 0.5
+                    if n.endswith("weight")
+                    else torch.randn(p.shape, generator=g) * 0.1
+                )
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.reset_running_stats()
@@ -170,13 +174,29 @@ def test_file_stream_equals_offline_causal_model(media):
         assert r.label == int(mean.argmax())
         assert r.prob == pytest.approx(float(mean.softmax(-1).max()), rel=1e-4)
     s = report.stats
-    assert (s.frames_read, s.processed, s.dropped, len(s.latency_ms)) == (NUM_FRAMES, NUM_FRAMES, 0, NUM_FRAMES)
+    assert (s.frames_read, s.processed, s.dropped, len(s.latency_ms)) == (
+        NUM_FRAMES,
+        NUM_FRAMES,
+        0,
+        NUM_FRAMES,
+    )
     assert 0 < s.percentile(50) <= s.percentile(95)
 
 
 def test_cli_file_with_overlay(media, tmp_path, capsys):
     out = tmp_path / "overlay.mp4"
-    rc = cli_main(["stream", str(media["mp4"]), "--checkpoint", str(media["ckpt"]), "--out", str(out), "--backend", "torch"])
+    rc = cli_main(
+        [
+            "stream",
+            str(media["mp4"]),
+            "--checkpoint",
+            str(media["ckpt"]),
+            "--out",
+            str(out),
+            "--backend",
+            "torch",
+        ]
+    )
     text = capsys.readouterr().out
     assert rc == 0, text
     assert text.count("fps") == NUM_FRAMES  # one live line per frame (not a tty)
@@ -204,7 +224,19 @@ def test_http_loopback_stream(media, http_stream, tmp_path, capsys):
     for a, b in zip(report.results, file_report.results):
         torch.testing.assert_close(a.logits, b.logits)  # same frames, same predictions
     out = tmp_path / "net.mp4"
-    rc = cli_main(["stream", http_stream(), "--checkpoint", str(media["ckpt"]), "--out", str(out), "--quiet", "--backend", "torch"])
+    rc = cli_main(
+        [
+            "stream",
+            http_stream(),
+            "--checkpoint",
+            str(media["ckpt"]),
+            "--out",
+            str(out),
+            "--quiet",
+            "--backend",
+            "torch",
+        ]
+    )
     text = capsys.readouterr().out
     assert rc == 0 and f"{NUM_FRAMES} frames processed" in text and "frame " not in text
     with VideoReader(out) as r:
@@ -279,7 +311,9 @@ def test_realtime_drops_frames_when_the_model_falls_behind(media, tmp_path):
     slow = _SlowBackend(TorchBackend(model), 2.5 / FPS)  # 2.5 frame periods per frame
     out = tmp_path / "rt.mp4"
     t0 = time.perf_counter()
-    report = run_stream(open_source(str(media["mp4"])), slow, FramePreprocess(settings), realtime=True, out=out)
+    report = run_stream(
+        open_source(str(media["mp4"])), slow, FramePreprocess(settings), realtime=True, out=out
+    )
     wall = time.perf_counter() - t0
     s = report.stats
     assert s.frames_read == NUM_FRAMES and s.processed + s.dropped == NUM_FRAMES
@@ -331,7 +365,10 @@ def test_optimized_torch_backend_equals_the_eager_model(name):
     model = _randomise(create_model(name, **kw), clip)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     plain, fast = TorchBackend(model, optimize=False), TorchBackend(model)
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.stream.model.backbone.modules()) or name == "test_gsm"
+    assert (
+        not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.stream.model.backbone.modules())
+        or name == "test_gsm"
+    )
     with torch.inference_mode():
         a = torch.stack([plain.step(clip[:, :, t]) for t in range(8)])
         b = torch.stack([fast.step(clip[:, :, t]) for t in range(8)])
@@ -345,7 +382,9 @@ def test_onnxruntime_backend_equals_torch(media):
     model, settings, names = load_stream_model(media["ckpt"], None)
     backend = make_backend("onnxruntime", model, settings.input_size)
     assert isinstance(backend, OnnxBackend)
-    ort = run_stream(open_source(str(media["mp4"])), backend, FramePreprocess(settings), names, keep_logits=True)
+    ort = run_stream(
+        open_source(str(media["mp4"])), backend, FramePreprocess(settings), names, keep_logits=True
+    )
     ref = _run(str(media["mp4"]), media, optimize=False, keep_logits=True)
     a = torch.stack([r.logits for r in ort.results])
     b = torch.stack([r.logits for r in ref.results])
@@ -365,7 +404,17 @@ def test_auto_backend_picks_the_faster(media):
 @pytest.mark.slow
 def test_cli_onnxruntime_backend(media, capsys):
     pytest.importorskip("onnxruntime")
-    rc = cli_main(["stream", str(media["mp4"]), "--checkpoint", str(media["ckpt"]), "--backend", "onnxruntime", "--quiet"])
+    rc = cli_main(
+        [
+            "stream",
+            str(media["mp4"]),
+            "--checkpoint",
+            str(media["ckpt"]),
+            "--backend",
+            "onnxruntime",
+            "--quiet",
+        ]
+    )
     assert rc == 0 and f"{NUM_FRAMES} frames processed" in capsys.readouterr().out
 
 

@@ -209,7 +209,11 @@ def test_evaluate_equals_an_independent_reference_on_evad_style_output(tmp_path)
             for p in people:
                 gt_rows.append((v, ts, *p, int(rng.integers(1, 4)), 0))
             for k in range(5):  # 5 proposals x 12 classes = 60 rows per keyframe
-                box = (people[k % 2] + rng.normal(0, 0.05, 4)).clip(0, 1).round(3) if k < 4 else rng.uniform(0, 1, 4).round(3)
+                box = (
+                    (people[k % 2] + rng.normal(0, 0.05, 4)).clip(0, 1).round(3)
+                    if k < 4
+                    else rng.uniform(0, 1, 4).round(3)
+                )
                 if k == 3:
                     box[2] = box[0]  # a zero-width proposal
                 for c in range(1, 13):

@@ -48,7 +48,9 @@ def test_train_evaluate_detect(synth, tmp_path, capsys):
     run.load_weights(module, res["checkpoint"])
     import lightning.pytorch as pl
 
-    pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False).test(module, dm, verbose=False)
+    pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False).test(
+        module, dm, verbose=False
+    )
     assert module.frame_map()["mAP"] == pytest.approx(metrics["mAP"], abs=0.05)  # CSV rounding only
     # `kinetix test` on the detection config saved with the checkpoint prints the same frame-mAP
     saved_cfg = next(p for p in (res["checkpoint"] / "config.yaml", res["checkpoint"].parent.parent / "config.yaml")
@@ -73,7 +75,10 @@ def test_train_evaluate_detect(synth, tmp_path, capsys):
     # a bare weights file carries the model, its config and class names too
     csv2 = tmp_path / "preds_from_weights.csv"
     weights = res["checkpoint"] / "model.safetensors"
-    assert main(["detect", str(video), "--checkpoint", str(weights), "--csv", str(csv2), "--threshold", "0.0"]) == 0
+    assert (
+        main(["detect", str(video), "--checkpoint", str(weights), "--csv", str(csv2), "--threshold", "0.0"])
+        == 0
+    )
     assert csv2.read_text() == csv.read_text()
     from kinetix.data.io import open_video
 

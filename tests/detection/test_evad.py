@@ -285,7 +285,9 @@ def _roi_align_v2(fm, box, scale, out=7, ratio=2):
         for j in range(out):
             for a in range(ratio):
                 for b in range(ratio):
-                    res[:, i, j] += _bilinear(fm, y1 + (i + (a + 0.5) / ratio) * bh, x1 + (j + (b + 0.5) / ratio) * bw)
+                    res[:, i, j] += _bilinear(
+                        fm, y1 + (i + (a + 0.5) / ratio) * bh, x1 + (j + (b + 0.5) / ratio) * bw
+                    )
     return res / ratio**2
 
 

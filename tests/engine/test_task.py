@@ -42,7 +42,9 @@ def test_csv_and_a_lightning_logger_by_name(tmp_path, data_dir):
     assert (out["run_dir"] / "logs" / "version_0" / "metrics.csv").is_file()
     rec = [lg for lg in out["trainer"].loggers if isinstance(lg, tiny.RecordingLogger)]
     assert len(rec) == 1 and rec[0].save_dir_arg == str(out["run_dir"])
-    assert any("val/top1" in m for m in rec[0].metrics) and any("train/loss_epoch" in m for m in rec[0].metrics)
+    assert any("val/top1" in m for m in rec[0].metrics) and any(
+        "train/loss_epoch" in m for m in rec[0].metrics
+    )
 
 
 @pytest.mark.parametrize(

@@ -107,8 +107,10 @@ def _norm_outputs(model):
 def _rollout_by_hand(stages, cls: bool):
     n = stages[0].shape[-1]
     eye = torch.eye(n)
-    R = torch.linalg.multi_dot([0.5 * M + 0.5 * eye for M in reversed(stages)]) if len(stages) > 1 else (
-        0.5 * stages[0] + 0.5 * eye
+    R = (
+        torch.linalg.multi_dot([0.5 * M + 0.5 * eye for M in reversed(stages)])
+        if len(stages) > 1
+        else (0.5 * stages[0] + 0.5 * eye)
     )
     return R[0] if cls else R.mean(0)
 
@@ -138,7 +140,7 @@ def test_rollout_equals_brute_force_product_joint(name, kwargs, cls, layout):
     if cls:  # the last block's CLS row is the CLS-to-patch map
         last = stages[-1][0, 1:]
         last = last.view(t, h, w) if layout == "thw" else last.view(h, w, t).permute(2, 0, 1)
-        (label, m), = attention_maps(model, log, grid).items()
+        ((label, m),) = attention_maps(model, log, grid).items()
         assert "CLS" in label
         torch.testing.assert_close(m[0], last, atol=1e-6, rtol=1e-4)
 
@@ -282,7 +284,9 @@ def test_cli_explain(synth, tmp_path, capsys):
     base = [str(video), "--model", "test_tsm", "--checkpoint", str(weights), "--out", str(tmp_path / "o")]
     r = _cli(*base)  # a real process, as a user runs it
     assert r.returncode == 0, r.stderr
-    assert (tmp_path / "o" / "v00002_gradcam.png").is_file() and (tmp_path / "o" / "v00002_gradcam.mp4").is_file()
+    assert (tmp_path / "o" / "v00002_gradcam.png").is_file() and (
+        tmp_path / "o" / "v00002_gradcam.mp4"
+    ).is_file()
     assert main(["explain", *base, "--method", "rollout"]) == 2
     assert "does not apply" in capsys.readouterr().err
     assert main(["explain", *base, "--class", "no such class"]) == 2
@@ -322,7 +326,9 @@ def test_stage_matrices_follow_the_token_layout(name, kwargs):
             fixed = [i for i, a in enumerate("thw") if a not in free[stage]]
             same = (coords[:, None, fixed] == coords[None, :, fixed]).all(-1)  # (N, N)
             if stage == "time+space":  # Model 4: time heads OR space heads
-                same = (coords[:, None, 1:] == coords[None, :, 1:]).all(-1) | (coords[:, None, 0] == coords[None, :, 0])
+                same = (coords[:, None, 1:] == coords[None, :, 1:]).all(-1) | (
+                    coords[:, None, 0] == coords[None, :, 0]
+                )
             assert (M[0, P:, P:][~same] == 0).all() and (M[0, P:, P:][same] > 0).all(), stage
     order = kwargs.get("order", ("space", "time")) if name == "test_vivit" and kwargs["model"] == 3 else None
     if order:

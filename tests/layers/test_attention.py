@@ -105,7 +105,7 @@ def test_record_attention_logs_the_probabilities_and_keeps_the_output(mask_kind)
     with record_attention(attn, mean_heads=False) as log:
         slow = attn(x, mask)
     torch.testing.assert_close(slow, fast, atol=1e-5, rtol=1e-5)
-    (name, probs), = log.calls
+    ((name, probs),) = log.calls
     assert name == "" and probs.shape == (2, 4, 7, 7)
     torch.testing.assert_close(probs, _by_hand_probs(attn, x, mask), atol=1e-6, rtol=1e-5)
     with record_attention(attn) as log:  # default: averaged over heads

@@ -156,7 +156,9 @@ def test_local_global_mask_matches_brute_force(layout):
 @pytest.mark.parametrize("attention", ATTENTION_TYPES)
 def test_every_scheme_accepts_any_grid_and_has_identity_extra_stages(attention):
     prefix = 0 if attention == "factorised_dot" else 1
-    b = SpaceTimeBlock(DIM, HEADS, attention, num_prefix_tokens=prefix, layout="time_major", drop_path=0.3).train()
+    b = SpaceTimeBlock(
+        DIM, HEADS, attention, num_prefix_tokens=prefix, layout="time_major", drop_path=0.3
+    ).train()
     for grid in [(2, 3, 3), (5, 2, 4), (1, 1, 1)]:
         x = torch.randn(2, prefix + grid[0] * grid[1] * grid[2], DIM, requires_grad=True)
         y = b(x, grid)
@@ -224,7 +226,9 @@ class _RecordingDropPath(torch.nn.Module):
         self.drop_prob, self.draws = p, []
 
     def forward(self, x):
-        keep = x.new_empty(x.shape[0], *([1] * (x.ndim - 1))).bernoulli_(1 - self.drop_prob) / (1 - self.drop_prob)
+        keep = x.new_empty(x.shape[0], *([1] * (x.ndim - 1))).bernoulli_(1 - self.drop_prob) / (
+            1 - self.drop_prob
+        )
         self.draws.append(keep)
         return x * keep
 
@@ -290,7 +294,10 @@ def test_divided_drop_path_masks_follow_official_timesformer():
     ("attention", "expected"),
     [  # per stage, over (B, H, W, T): 1 = one draw per index of that axis, 0 = shared (attended axis)
         ("divided", [(1, 1, 1, 0), (1, 0, 0, 1)]),  # time: per (b, h, w); space: per (b, t)
-        ("axial", [(1, 1, 1, 0), (1, 1, 0, 1), (1, 0, 1, 1)]),  # time, width: per (b, h, t), height: per (b, w, t)
+        (
+            "axial",
+            [(1, 1, 1, 0), (1, 1, 0, 1), (1, 0, 1, 1)],
+        ),  # time, width: per (b, h, t), height: per (b, w, t)
         ("factorised", [(1, 0, 0, 1), (1, 1, 1, 0)]),  # space then time
     ],
 )
@@ -377,10 +384,18 @@ def _brute_local_global(blk, x, grid):
                 for w2 in range(max(0, w - rw), min(W, w + rw + 1))]  # fmt: skip
 
     def global_(t, h, w):  # stride 2 along t, h and w through the query
-        return [idx(t2, h2, w2) for t2 in range(t % 2, T, 2) for h2 in range(h % 2, H, 2) for w2 in range(w % 2, W, 2)]
+        return [
+            idx(t2, h2, w2)
+            for t2 in range(t % 2, T, 2)
+            for h2 in range(h % 2, H, 2)
+            for w2 in range(w % 2, W, 2)
+        ]
 
     for prefix, neighbours in (("local_", local), ("", global_)):
-        attn, qkv = getattr(blk, f"{prefix}attn"), _qkv(getattr(blk, f"{prefix}attn"), getattr(blk, f"{prefix}norm1")(x))
+        attn, qkv = (
+            getattr(blk, f"{prefix}attn"),
+            _qkv(getattr(blk, f"{prefix}attn"), getattr(blk, f"{prefix}norm1")(x)),
+        )
         out = torch.empty_like(x)
         out[0] = _attend_one(attn, qkv, 0, every)  # the CLS sees every token
         for t in range(T):

@@ -265,7 +265,9 @@ def test_official_temporal_pool_checkpoint_loads(tmp_path, shift_place):
         sd["module.base_model." + k] = v
     assert any(k.startswith("module.base_model.layer2.net.0.") for k in sd)
     torch.save({"state_dict": sd}, tmp_path / "tsm_tpool.pth")
-    dst = load_checkpoint(create_model("test_tsm", temporal_pool=True, shift_place=shift_place), tmp_path / "tsm_tpool.pth")
+    dst = load_checkpoint(
+        create_model("test_tsm", temporal_pool=True, shift_place=shift_place), tmp_path / "tsm_tpool.pth"
+    )
     _assert_same_model(dst.eval(), src, x[:1])
     with pytest.raises(CheckpointError, match="shifted blocks"):  # still refused by a TSN model
         convert_state_dict(create_model("test_tsn"), sd)

@@ -43,6 +43,7 @@ def _assert_same_model(dst, src, x):
     y, y2 = src(x), src(torch.randn_like(x))
     assert (y - y2).abs().max() > 1e-2 * y.abs().max()  # the comparison is not trivial
 
+
 # official online demo: shift_block_idx = [2, 4, 5, 7, 8, 9, 11, 12, 14, 15] over the inverted
 # residual blocks, i.e. features[idx + 1]; shift buffers (1,3,56,56), (1,4,28,28)x2, (1,8,14,14)x3,
 # (1,12,14,14)x2, (1,20,7,7)x2 for a 224 input
@@ -57,7 +58,11 @@ def test_imagenet_mobilenetv2_size():
 
 def test_shift_positions_and_caches_match_the_online_demo():
     model = create_model("tsm_mobilenetv2_online", num_classes=27).eval()
-    shifted = [i for i, b in enumerate(model.backbone.features) if isinstance(getattr(b, "temporal_in", None), TemporalShift)]
+    shifted = [
+        i
+        for i, b in enumerate(model.backbone.features)
+        if isinstance(getattr(b, "temporal_in", None), TemporalShift)
+    ]
     assert shifted == DEMO_SHIFTED
     stream = StreamingRecognizer(model)
     stream(torch.randn(1, 3, 224, 224))
@@ -149,7 +154,15 @@ def _official_module_names(shift: bool) -> list[str]:
     ``.net`` inside the first conv of shifted blocks)."""
     names = ["features.0.0", "features.0.1"]
     idx, inp = 1, 32
-    for t, c, n, s in [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]:
+    for t, c, n, s in [
+        (1, 16, 1, 1),
+        (6, 24, 2, 2),
+        (6, 32, 3, 2),
+        (6, 64, 4, 2),
+        (6, 96, 3, 1),
+        (6, 160, 3, 2),
+        (6, 320, 1, 1),
+    ]:
         for i in range(n):
             res = (s if i == 0 else 1) == 1 and inp == c
             convs = (0, 1, 3, 4) if t == 1 else (0, 1, 3, 4, 6, 7)
@@ -180,7 +193,12 @@ def _fresh(name, **kw):
     "name,prefix,shift,head",
     [
         ("tsm_mobilenetv2", "module.base_model.", True, "module.new_fc"),  # offline TSM K400
-        ("tsm_mobilenetv2", "module.base_model.", True, "module.base_model.classifier"),  # trained without dropout
+        (
+            "tsm_mobilenetv2",
+            "module.base_model.",
+            True,
+            "module.base_model.classifier",
+        ),  # trained without dropout
         ("tsm_mobilenetv2_online", "", False, "classifier"),  # online demo (mobilenetv2_jester_online)
     ],
 )

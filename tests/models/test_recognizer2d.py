@@ -138,9 +138,9 @@ def test_channels_last_with_5d_temporal_weights(name, size):
     torch.nn.init.normal_(a.fc.weight, std=0.5)
     b = create_model(name, channels_last=True).eval()
     b.load_state_dict(a.state_dict())
-    assert b.backbone.state_dict()[next(k for k, v in b.backbone.state_dict().items() if v.dim() == 4)].is_contiguous(
-        memory_format=torch.channels_last
-    )
+    assert b.backbone.state_dict()[
+        next(k for k, v in b.backbone.state_dict().items() if v.dim() == 4)
+    ].is_contiguous(memory_format=torch.channels_last)
     x = torch.randn(2, 3, 8, size, size)
     with torch.no_grad():
         torch.testing.assert_close(b(x), a(x), rtol=1e-4, atol=1e-4)

@@ -109,7 +109,10 @@ def _scenic_tree(model, seed=0, tubelet=2):
         return d | {"out": {"kernel": r(_H, _D // _H, _D), "bias": r(_D)}}
 
     def mlp():
-        return {"Dense_0": {"kernel": r(_D, _MLP), "bias": r(_MLP)}, "Dense_1": {"kernel": r(_MLP, _D), "bias": r(_D)}}
+        return {
+            "Dense_0": {"kernel": r(_D, _MLP), "bias": r(_MLP)},
+            "Dense_1": {"kernel": r(_MLP, _D), "bias": r(_D)},
+        }
 
     def encoder(tokens, depth, factorised=False):
         enc = {"posembed_input": {"pos_embedding": r(1, tokens, _D)}, "encoder_norm": ln()}
@@ -239,7 +242,9 @@ def _scenic_forward(tree, video, model, order=("space", "time")):
             z = torch.cat([tree["cls_SpatialTransformer"].expand(n, -1, -1), x[:, i]], 1)
             frames.append(_encoder(z, tree["SpatialTransformer"], _encoder_block)[:, 0])
         z = torch.cat([tree["cls_TemporalTransformer"].expand(n, -1, -1), torch.stack(frames, 1)], 1)
-        return _dense(_encoder(z, tree["TemporalTransformer"], _encoder_block)[:, 0], tree["output_projection"])
+        return _dense(
+            _encoder(z, tree["TemporalTransformer"], _encoder_block)[:, 0], tree["output_projection"]
+        )
     x = x.flatten(1, 2)  # (n, t*h*w, D)
     if model == 1:
         x = torch.cat([tree["cls"].expand(n, -1, -1), x], 1)
@@ -255,7 +260,9 @@ def _scenic_forward(tree, video, model, order=("space", "time")):
 def test_scenic_npz_converts(model, tubelet, tmp_path):
     tree = _scenic_tree(model, tubelet=tubelet)
     np.savez(tmp_path / "scenic.npz", **_flatten(tree))
-    ours = create_model("test_vivit", model=model, tubelet_size=tubelet, checkpoint=str(tmp_path / "scenic.npz"))
+    ours = create_model(
+        "test_vivit", model=model, tubelet_size=tubelet, checkpoint=str(tmp_path / "scenic.npz")
+    )
     ours.eval()
     x = torch.randn(2, 3, 4, 32, 32)
     with torch.no_grad():
