@@ -49,39 +49,15 @@ def register(sub) -> None:
 
 
 def _load(args):
+    from kinetix.engine.task import model_from_checkpoint
     from kinetix.errors import ConfigError
     from kinetix.models import create_model
 
     if args.checkpoint is None and args.model is None:
         raise ConfigError("pass a MODEL name or --checkpoint CKPT")
-    kwargs = {"num_frames": args.frames} if args.frames else {}
     if args.checkpoint is None:
-        return create_model(args.model, **kwargs)
-    from kinetix.config import config_from_dict
-    from kinetix.engine.checkpoint import MODEL_FILE, resolve_checkpoint
-    from kinetix.errors import CheckpointError
-    from kinetix.utils.state_dict import read_safetensors_metadata
-
-    path = Path(args.checkpoint)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such checkpoint")
-    weights = path if path.is_file() else resolve_checkpoint(path) / MODEL_FILE
-    cfg, class_names = None, None
-    if weights.suffix == ".safetensors":
-        meta = read_safetensors_metadata(weights)
-        class_names = json.loads(meta["class_names"]) if meta.get("class_names") else None
-        if "config" in meta:
-            cfg = config_from_dict(json.loads(meta["config"]), str(weights))
-    name = args.model or (cfg.model.name if cfg is not None else None)
-    if name is None:
-        raise CheckpointError(f"{weights}: does not say which model it is; pass MODEL")
-    if cfg is not None and args.model is None:
-        kwargs = {**cfg.model.kwargs, **kwargs}
-        if cfg.model.num_frames is not None:
-            kwargs.setdefault("num_frames", cfg.model.num_frames)
-    if class_names:
-        kwargs["num_classes"] = len(class_names)
-    return create_model(name, checkpoint=str(weights), **kwargs)
+        return create_model(args.model, **({"num_frames": args.frames} if args.frames else {}))
+    return model_from_checkpoint(args.checkpoint, args.model, num_frames=args.frames)[0]
 
 
 def _is_online(model) -> bool:

@@ -249,13 +249,16 @@ def checkpoint_class_names(checkpoint: str | Path) -> list[str] | None:
     return list(names) if names else None
 
 
-def model_from_checkpoint(checkpoint: str | Path, model_name: str | None = None):
+def model_from_checkpoint(
+    checkpoint: str | Path, model_name: str | None = None, num_frames: int | None = None
+):
     """``(model, cfg, class_names)`` from a trained checkpoint, ready for inference (eval mode).
 
     ``checkpoint``: a kinetix checkpoint folder, run folder (latest checkpoint) or weights file;
     the model, its arguments and class names come from its metadata (``cfg`` is ``None`` for a
     weights file without a config, e.g. a converted one: then ``model_name`` says which model it
-    is). A checkpoint trained with ``train.ema`` gives its EMA weights, as ``kinetix test`` does."""
+    is). A checkpoint trained with ``train.ema`` gives its EMA weights, as ``kinetix test`` does.
+    ``num_frames`` builds the model for another clip length (e.g. an export for T frames)."""
     weights = _weights_file(checkpoint)
     meta = _metadata(weights)
     cfg_dict = read_metadata_json(weights, "config", dict, meta)
@@ -273,6 +276,8 @@ def model_from_checkpoint(checkpoint: str | Path, model_name: str | None = None)
             kwargs["num_frames"] = cfg.model.num_frames
     if names:
         kwargs["num_classes"] = len(names)
+    if num_frames:
+        kwargs["num_frames"] = num_frames
     model = create_model(name, **kwargs)
     ema = weights.parent / EMA_FILE
     use_ema = not Path(checkpoint).is_file() and cfg is not None and cfg.train.ema and ema.exists()
