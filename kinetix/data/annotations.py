@@ -86,9 +86,9 @@ def _fail(on_error: OnError, path, line, cause, fix="") -> None:
     on_error(err)
 
 
-def _read_lines(path) -> list[tuple[int, str]]:
-    """Non-blank, non-comment lines with 1-based line numbers."""
-    p = Path(path)
+def _check_file(p: Path) -> None:
+    """An :class:`AnnotationError` unless ``p`` is a regular file (a folder, a device or a missing
+    path is named as such)."""
     if not p.is_file():
         what = (
             "is a folder"
@@ -98,6 +98,12 @@ def _read_lines(path) -> list[tuple[int, str]]:
             else "annotation file not found"
         )
         raise AnnotationError(p, None, what, "Check the path")
+
+
+def _read_lines(path) -> list[tuple[int, str]]:
+    """Non-blank, non-comment lines with 1-based line numbers."""
+    p = Path(path)
+    _check_file(p)
     try:
         text = p.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
@@ -243,15 +249,7 @@ def parse_rawframe_list(
 
 def _load_json(path):
     p = Path(path)
-    if not p.is_file():
-        what = (
-            "is a folder"
-            if p.is_dir()
-            else "is not a regular file"
-            if p.exists()
-            else "annotation file not found"
-        )
-        raise AnnotationError(p, None, what, "Check the path")
+    _check_file(p)
     try:
         return json.loads(p.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
