@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kinetix.errors import CheckpointError
+from kinetix.layers.pos_embed import resize_pos_embed, tile_pos_embed
 from kinetix.layers.weight_init import trunc_normal_init_
 from kinetix.utils.state_dict import read_state_dict, strip_prefix
 
@@ -180,7 +181,6 @@ def init_from_image_vit(
     * ViViT model 2: the spatial encoder (``blocks``, ``norm``, ``cls_token``, ``pos_embed``) comes from
       the image model; the temporal encoder keeps its random initialisation. The classifier is untouched.
     """
-    from kinetix.layers.pos_embed import resize_pos_embed, tile_pos_embed
 
     if tubelet_init not in ("central", "inflate"):
         raise ValueError(f"tubelet_init must be 'central' or 'inflate', got {tubelet_init!r}")

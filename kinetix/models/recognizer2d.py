@@ -33,7 +33,7 @@ from ._registry import register_model
 from .bninception import BNInception
 from .inceptionv3 import InceptionV3
 from .mobilenetv2 import MobileNetV2, convert_official
-from .resnet import BasicBlock, Bottleneck, ResNet, TemporalMaxPool, resnet
+from .resnet import BasicBlock, Bottleneck, ResNet, TemporalMaxPool, load_image_weights, resnet
 
 __all__ = ["Recognizer2D", "StreamingRecognizer", "fold_time"]
 
@@ -219,8 +219,6 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: Recognizer2
     if isinstance(model.backbone, MobileNetV2) and (out := convert_official(sd, model)) is not None:
         return out
     if not any(k.startswith(("base_model.", "backbone.", "new_fc.", "cls_head.")) for k in sd):
-        from .resnet import load_image_weights
-
         load_image_weights(model, sd)
         return model.state_dict()
     # TSM's temporal pool (official `make_temporal_pool`, mmaction2 alike) wraps layer2 as

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from kinetix.errors import CheckpointError
 from kinetix.layers.temporal import GateShift, InterFrameAttention, NonLocal3D, TemporalShift
+from kinetix.utils.state_dict import read_state_dict
 
 # (channels, num_frames) -> temporal layer
 TemporalFactory = Callable[[int, int], nn.Module]
@@ -284,7 +285,6 @@ def load_image_weights(model: nn.Module, path_or_state_dict) -> list[str]:
     ``image_filter_fn(state_dict)`` to adapt 2D weights (e.g. inflate a 3D stem).
     Returns the keys left at their initial values (all temporal).
     """
-    from kinetix.utils.state_dict import read_state_dict
 
     backbone = getattr(model, "backbone", model)
     is_file = not isinstance(path_or_state_dict, dict)

@@ -27,12 +27,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from kinetix.errors import CheckpointError
 from kinetix.layers.temporal import InterFrameAttention
 
 from ._pretrained import PretrainedCfg
 from ._registry import register_model
 from .recognizer2d import Recognizer2D, fold_time
-from .resnet import Bottleneck, resnet
+from .resnet import Bottleneck, load_image_weights, resnet
 
 __all__ = ["GBottleneck", "SIFANet"]
 
@@ -186,10 +187,6 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) 
 
     ``def_cor.weight`` is checked to be the constant 1/C the released code fixes, then dropped.
     """
-    from kinetix.errors import CheckpointError
-
-    from .resnet import load_image_weights
-
     sd = {k.removeprefix("module."): v for k, v in state_dict.items()}
     if not any(".conv_offset." in k or ".def_cor." in k for k in sd):
         load_image_weights(model, sd)  # a 2D ImageNet file

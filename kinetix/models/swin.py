@@ -53,6 +53,7 @@ from kinetix.layers.mlp import Mlp
 from kinetix.layers.patch_embed import TubeletEmbed
 from kinetix.layers.temporal import inter_frame_attention, motion_saliency
 from kinetix.layers.weight_init import trunc_normal_init_
+from kinetix.utils.state_dict import read_state_dict
 
 from ._pretrained import PretrainedCfg
 from ._registry import register_model
@@ -592,7 +593,6 @@ def init_from_image_swin(
     temporal layers, which keep their zero initialisation — anything else raises
     :class:`~kinetix.errors.CheckpointError` naming the keys.
     """
-    from kinetix.utils.state_dict import read_state_dict
 
     src = str(state_dict_or_path) if isinstance(state_dict_or_path, str | Path) else "image Swin weights"
     sd = (
