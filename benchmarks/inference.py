@@ -4,16 +4,18 @@ For every model: the same weights (classifier re-initialised with std 0.02 so th
 near-constant), one random clip, batch 1, fp32, ``--threads`` threads (default 2). Three paths:
 
 * ``eager``    — the model under ``torch.inference_mode``;
-* ``kinetix``  — :func:`kinetix.deploy.optimize_for_inference` (``auto``: it times its candidates
-  on the first call and keeps the fastest; the choice is printed);
+* ``default``  — what ``kinetix test`` / ``predict`` run without ``--backend``:
+  :func:`kinetix.utils.inference.fast_inference` (the faster of eager and oneDNN, measured; no export);
+* ``kinetix``  — :func:`kinetix.deploy.optimize_for_inference` (``auto``: it times its candidates,
+  onnxruntime included, on the first call and keeps the fastest; the choice is printed);
 * ``onnxruntime`` — :func:`kinetix.deploy.export_onnx` (checked against eager) run by onnxruntime.
 
 Runs are interleaved (eager, kinetix, ort, eager, ...) so that load on a shared machine hits all of
 them alike; the table gives medians, the ratios of the medians, the max relative logit difference
 to eager, and the achieved GFLOP/s (2 x counted GMACs / time) as a fraction of the machine's fp32
 GEMM peak, measured here as the fastest of MKL (``F.linear``), oneDNN (prepacked
-``mkldnn._linear_pointwise``) and onnxruntime's MatMul on a 1576x768x3072 product. A last section
-times the bf16 autocast path against the new fp32 path.
+``mkldnn._linear_pointwise``) and onnxruntime's MatMul on a 1576x768x3072 product. A last column
+times the bf16 autocast path against the default fp32 path.
 
     python benchmarks/inference.py             # B-size models (several minutes on 2 cores)
     python benchmarks/inference.py --quick     # tiny test_* models of every family (seconds)
@@ -35,6 +37,7 @@ import torch.nn.functional as F
 from kinetix.deploy import OnnxRecognizer, export_onnx, optimize_for_inference
 from kinetix.models import create_model
 from kinetix.utils.flops import count_flops
+from kinetix.utils.inference import fast_inference
 
 # name, kwargs, frames, size
 FULL = [
@@ -117,19 +120,27 @@ def bench_model(name, kwargs, frames, size, rounds, threads, peak, tmp: Path, bf
     x = torch.randn(1, 3, frames, size, size, generator=torch.Generator().manual_seed(1))
     gmacs = count_flops(model, (x,)).gmacs
     fast = optimize_for_inference(model)
+    default = fast_inference(model)
     t0 = time.perf_counter()
     with torch.inference_mode():
         ref = model(x)
         out = fast(x)  # auto: measures its candidates on this first call
-    choose_s = time.perf_counter() - t0
+        choose_s = time.perf_counter() - t0
+        out_default = default(x)
     export = export_onnx(model, tmp / f"{name}.onnx", num_frames=frames, input_size=size)
     ort = OnnxRecognizer(export.path, threads)
     scale = float(ref.abs().max())
     diffs = {
+        "default": float((out_default - ref).abs().max()) / scale,
         "kinetix": float((out - ref).abs().max()) / scale,
         "onnxruntime": float(np.abs(ort(x) - ref.numpy()).max()) / scale,
     }
-    fns = {"eager": lambda: model(x), "kinetix": lambda: fast(x), "onnxruntime": lambda: ort(x)}
+    fns = {
+        "eager": lambda: model(x),
+        "default": lambda: default(x),
+        "kinetix": lambda: fast(x),
+        "onnxruntime": lambda: ort(x),
+    }
     with torch.inference_mode():
         times = interleaved(fns, rounds)
         bf16_t = None
@@ -139,8 +150,8 @@ def bench_model(name, kwargs, frames, size, rounds, threads, peak, tmp: Path, bf
                 with torch.autocast("cpu", torch.bfloat16):
                     model(x)
 
-            pair = interleaved({"kinetix": lambda: fast(x), "bf16": run_bf16}, rounds)
-            bf16_t = statistics.median(pair["kinetix"]) / statistics.median(pair["bf16"])
+            pair = interleaved({"default": lambda: default(x), "bf16": run_bf16}, rounds)
+            bf16_t = statistics.median(pair["default"]) / statistics.median(pair["bf16"])
     med = {k: statistics.median(v) for k, v in times.items()}
     spread = {k: (max(v) - min(v)) / statistics.median(v) for k, v in times.items()}
     sig = (tuple(x.shape), x.dtype)
@@ -151,6 +162,7 @@ def bench_model(name, kwargs, frames, size, rounds, threads, peak, tmp: Path, bf
         spread=spread,
         diffs=diffs,
         chosen=fast.chosen.get(sig, fast.backend),
+        chosen_default=default.chosen.get(sig, default.backend),
         choose_s=choose_s,
         export_s=export.seconds,
         bf16_speedup=bf16_t,
@@ -183,25 +195,28 @@ def main() -> None:
             rows.append(r)
             m = r["med"]
             print(
-                f"{r['name']}: {r['gmacs']:.1f} GMACs; eager {m['eager']:.3f} s, kinetix {m['kinetix']:.3f} s "
-                f"[{r['chosen']}], onnxruntime {m['onnxruntime']:.3f} s; spread (max-min)/median "
+                f"{r['name']}: {r['gmacs']:.1f} GMACs; eager {m['eager']:.3f} s, default {m['default']:.3f} s "
+                f"[{r['chosen_default']}], kinetix {m['kinetix']:.3f} s [{r['chosen']}], "
+                f"onnxruntime {m['onnxruntime']:.3f} s; spread (max-min)/median "
                 + ", ".join(f"{k} {v:.0%}" for k, v in r["spread"].items())
                 + f"; auto choice {r['choose_s']:.1f} s, export {r['export_s']:.1f} s",
                 flush=True,
             )
     print(
-        "\n| model | GMACs | eager s | kinetix s (backend) | onnxruntime s | kinetix vs eager | "
-        "kinetix vs ORT | max rel diff (kinetix / ORT) | % of GEMM peak (eager / kinetix / ORT) |"
-        + (" bf16 vs kinetix fp32 |" if not args.no_bf16 else "")
+        "\n| model | GMACs | eager s | default s (backend) | optimize_for_inference s (backend) | "
+        "onnxruntime s | default vs eager | default vs ORT | optimize vs ORT | "
+        "max rel diff (default / optimize / ORT) | % of GEMM peak (eager / default / ORT) |"
+        + (" bf16 vs default fp32 |" if not args.no_bf16 else "")
     )
-    print("|---|---|---|---|---|---|---|---|---|" + ("---|" if not args.no_bf16 else ""))
+    print("|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if not args.no_bf16 else ""))
     for r in rows:
         m, p, d = r["med"], r["peak_frac"], r["diffs"]
         line = (
-            f"| {r['name']} | {r['gmacs']:.1f} | {m['eager']:.3f} | {m['kinetix']:.3f} ({r['chosen']}) | "
-            f"{m['onnxruntime']:.3f} | {m['eager'] / m['kinetix']:.2f}x | {m['onnxruntime'] / m['kinetix']:.2f}x | "
-            f"{d['kinetix']:.1e} / {d['onnxruntime']:.1e} | "
-            f"{100 * p['eager']:.0f} / {100 * p['kinetix']:.0f} / {100 * p['onnxruntime']:.0f} |"
+            f"| {r['name']} | {r['gmacs']:.1f} | {m['eager']:.3f} | {m['default']:.3f} ({r['chosen_default']}) | "
+            f"{m['kinetix']:.3f} ({r['chosen']}) | {m['onnxruntime']:.3f} | {m['eager'] / m['default']:.2f}x | "
+            f"{m['onnxruntime'] / m['default']:.2f}x | {m['onnxruntime'] / m['kinetix']:.2f}x | "
+            f"{d['default']:.1e} / {d['kinetix']:.1e} / {d['onnxruntime']:.1e} | "
+            f"{100 * p['eager']:.0f} / {100 * p['default']:.0f} / {100 * p['onnxruntime']:.0f} |"
         )
         if r["bf16_speedup"] is not None:
             line += f" {r['bf16_speedup']:.2f}x |"

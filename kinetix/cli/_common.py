@@ -1,4 +1,4 @@
-"""Helpers shared by the ``train`` / ``test`` subcommands."""
+"""Helpers shared by the ``train`` / ``test`` / ``predict`` subcommands."""
 
 from __future__ import annotations
 
@@ -24,6 +24,28 @@ def load(args):
     from kinetix.config import load_config
 
     return load_config(args.config, args.overrides)
+
+
+INFERENCE_BACKENDS = ("auto", "eager", "onednn", "onnxruntime")
+
+
+def add_backend_argument(p) -> None:
+    p.add_argument(
+        "--backend",
+        choices=INFERENCE_BACKENDS,
+        help="inference path (default: the faster of eager and onednn, measured on the first batch; "
+        "auto also times onnxruntime when it is installed, after a one-time export: seconds for "
+        "small models, up to a minute for B-size ones; onnxruntime needs pip install 'kinetix[deploy]')",
+    )
+
+
+def inference_option(args) -> dict:
+    """``{"inference": ...}`` for the engine when ``--backend`` is given, else ``{}`` (its default)."""
+    if args.backend is None:
+        return {}
+    from kinetix.deploy import optimize_for_inference
+
+    return {"inference": functools.partial(optimize_for_inference, backend=args.backend)}
 
 
 def parse_views(text: str | None) -> list[int] | None:

@@ -7,7 +7,7 @@ import json
 import sys
 import textwrap
 
-from ._common import parse_views
+from ._common import add_backend_argument, inference_option, parse_views
 
 
 def _wrap(text: str) -> str:
@@ -24,7 +24,8 @@ def register(sub) -> None:
             "multi-view testing over its whole length."
         ),
         epilog="examples:\n  kinetix predict clip.mp4 --checkpoint runs/demo_tsm/checkpoints/best --topk 3\n"
-        "  kinetix predict a.mp4 b.mp4 --model tsm_r50 --checkpoint tsm_k400.safetensors --json",
+        "  kinetix predict a.mp4 b.mp4 --model tsm_r50 --checkpoint tsm_k400.safetensors --json\n"
+        "  kinetix predict clip.mp4 --checkpoint runs/demo_tsm --backend onnxruntime",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("videos", nargs="+", metavar="VIDEO", help="video files (or frame folders)")
@@ -42,6 +43,7 @@ def register(sub) -> None:
         default=None,
         help="average views as logits or probabilities (default: the checkpoint's eval.aggregate, else logits)",
     )
+    add_backend_argument(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)
 
@@ -61,6 +63,7 @@ def run(args) -> int:
         topk=args.topk,
         views=parse_views(args.views),
         aggregate=args.aggregate,
+        **inference_option(args),
     )
     failed = [r for r in res if "error" in r]
     if args.json:

@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 import textwrap
 
-from ._common import add_set_argument, check_output_path, load, names_config, parse_views
+from ._common import (
+    add_backend_argument,
+    add_set_argument,
+    check_output_path,
+    inference_option,
+    load,
+    names_config,
+    parse_views,
+)
 
 
 def _wrap(text: str) -> str:
@@ -23,7 +31,8 @@ def register(sub) -> None:
             "metrics.json."
         ),
         epilog="examples:\n  kinetix test configs/tsm_r50_k400.yaml --checkpoint runs/tsm/checkpoints/best --views 10x3\n"
-        "  kinetix test configs/demo_tsm.yaml --checkpoint runs/demo_tsm --reverse-frames",
+        "  kinetix test configs/demo_tsm.yaml --checkpoint runs/demo_tsm --reverse-frames\n"
+        "  kinetix test configs/videomae_base_k400_finetune.yaml --checkpoint runs/videomae --backend auto",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("config", help="YAML config file (data and model settings)")
@@ -45,6 +54,7 @@ def register(sub) -> None:
         help="average views as logits or softmax probabilities (default: eval.aggregate)",
     )
     p.add_argument("--out", metavar="DIR", help="report folder (default: CKPT/eval or CKPT/eval-reversed)")
+    add_backend_argument(p)
     add_set_argument(p)
     p.set_defaults(func=names_config(run))
 
@@ -63,7 +73,7 @@ def run(args) -> int:
     if args.aggregate:
         cfg.eval.aggregate = args.aggregate
     cfg.train.progress_bar = False
-    res = test(cfg, args.checkpoint, args.out)
+    res = test(cfg, args.checkpoint, args.out, **inference_option(args))
     if "mAP" in res:  # detection task: frame-mAP@0.5 (AVA protocol)
         print(f"frame-mAP@0.5: {res['mAP']:.2f}%  ({res['protocol']} protocol)")
         _print_skipped(res, "keyframes")
@@ -77,7 +87,7 @@ def run(args) -> int:
         f"views:       {clips} clips x {crops} crops = {n} per video ({res['distinct_views']} distinct)"
         f", aggregated as {res['aggregate']}{', time-reversed' if res['reverse_frames'] else ''}"
     )
-    print(f"videos:      {res['count']} scored")
+    print(f"videos:      {res['count']} scored (inference: {', '.join(res['inference'])})")
     _print_skipped(res, "videos")
     for k in sorted(k for k in res if k.startswith("top")):
         print(f"{k + ':':<12} {res[k]:.2f}%")

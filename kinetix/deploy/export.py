@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from kinetix.errors import ExportError
+from kinetix.errors import ExportError, KinetixError
 from kinetix.layers.temporal import GateShift, TemporalShift
 from kinetix.models.recognizer2d import Recognizer2D, StreamingRecognizer
 
@@ -140,7 +140,15 @@ def _save_checked(program, path: Path, check) -> None:
     tmp = Path(tmp)
     try:
         program.save(str(tmp))
-        check(tmp)
+        try:
+            check(tmp)
+        except KinetixError:
+            raise
+        except Exception as e:  # onnxruntime refuses the graph (its errors have no common type)
+            raise ExportError(
+                f"onnxruntime cannot load or run the exported graph: {type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''}"
+            ) from e
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -212,7 +220,15 @@ def export_onnx(
                 out = sess.run(["logits"], {"video": x[:b].numpy()})[0]
                 result[b] = _compare(ref, out, rtol, f"{type(model).__name__} batch {b}")
 
-        _save_checked(program, path, check)
+        try:
+            _save_checked(program, path, check)
+        except ExportError as e:
+            if not dynamic_batch or "onnxruntime cannot" not in str(e):
+                raise
+            raise ExportError(
+                f"{type(model).__name__} with a dynamic batch: {e}. Export it with a fixed batch "
+                "(without --dynamic-batch / dynamic_batch=False)"
+            ) from e
     finally:
         model.train(was_training)
     diff = max(d for d, _ in result.values())

@@ -147,15 +147,19 @@ def top_classes(scores: torch.Tensor, class_names: list[str], topk: int) -> list
     return [{"label": int(j), "name": class_names[j], "prob": float(q)} for q, j in zip(p, i)]
 
 
-def evaluate(cfg, checkpoint, out_dir, *, trainer_kwargs=None) -> dict:
+def evaluate(cfg, checkpoint, out_dir, *, trainer_kwargs=None, inference=fast_inference) -> dict:
     """Multi-view test of a checkpoint: metrics dict; ``per_class.csv``, ``confusion.png``,
-    ``metrics.json`` and ``predictions.jsonl`` (each video's top-5) in ``out_dir``."""
+    ``metrics.json`` and ``predictions.jsonl`` (each video's top-5) in ``out_dir``.
+
+    ``inference(model) -> module`` is the inference path the scored model runs through (default:
+    :func:`~kinetix.utils.inference.fast_inference`, eager vs oneDNN, measured; ``kinetix test
+    --backend`` passes :func:`kinetix.deploy.optimize_for_inference` with onnxruntime)."""
     module, dm = build(cfg, "test", checkpoint=checkpoint)
     load_weights(module, checkpoint)
-    if module.ema is not None:  # the fastest measured CPU path for the model that is scored
-        module.ema.module = fast_inference(module.ema.module)
+    if module.ema is not None:  # the scored model: the EMA weights where there are any
+        scored = module.ema.module = inference(module.ema.module)
     else:  # ``net`` lives outside the module tree (see ClassificationModule)
-        module.__dict__["net"] = fast_inference(module.net)
+        scored = module.__dict__["net"] = inference(module.net)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = resolve_data_settings(module.model.pretrained_cfg, cfg.data, cfg.eval)
@@ -184,6 +188,7 @@ def evaluate(cfg, checkpoint, out_dir, *, trainer_kwargs=None) -> dict:
         reverse_frames=cfg.eval.reverse_frames,
         checkpoint=str(checkpoint),
         report_dir=str(out_dir),
+        inference=scored.used() if hasattr(scored, "used") else [type(scored).__name__],
     )
     if trainer.is_global_zero:
         meter.write_per_class_csv(out_dir / "per_class.csv", module.class_names)

@@ -227,11 +227,17 @@ def build(cfg, stage: str = "fit", checkpoint=None):
     return module, dm
 
 
-def evaluate(cfg, checkpoint, out_dir, *, trainer_kwargs=None) -> dict:
+def evaluate(cfg, checkpoint, out_dir, *, trainer_kwargs=None, inference=None) -> dict:
     """Frame-mAP@0.5 of a checkpoint on the test (or val) split: writes ``predictions.csv`` (AVA
     format) and reports :func:`kinetix.detection.ava.evaluate` of it against the annotations, with
     ``per_class.csv`` and ``metrics.json`` in ``out_dir``. ``per_class`` maps each label-map id to
-    ``(name, AP percent)``."""
+    ``(name, AP percent)``. The detector runs in eager PyTorch: ``inference`` (another inference
+    path) is refused."""
+    if inference is not None:
+        raise ConfigError(
+            "an inference backend applies to recognition checkpoints; EVAD is evaluated in eager "
+            "PyTorch (its RoI pooling and variable number of detections do not export): drop --backend"
+        )
     ex = extra_settings(cfg)
     module, dm = build(cfg, "test", checkpoint=checkpoint)
     load_weights(module, checkpoint)

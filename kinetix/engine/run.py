@@ -201,13 +201,15 @@ def predict(
     topk: int = 5,
     views: tuple[int, int] | None = None,
     aggregate: str | None = None,
+    inference=fast_inference,
 ) -> list[dict]:
     """Top-k predictions for video files from a kinetix checkpoint (folder, run folder or
     ``model.safetensors``: model, classes and data settings come from it) or from a registered
     model's published weights (``model_name``; with ``checkpoint`` a weights file for it).
 
     Views, aggregation and test views are the checkpoint config's (``eval.*``) unless given, so
-    ``predict`` scores a video exactly as ``test`` scores it."""
+    ``predict`` scores a video exactly as ``test`` scores it. ``inference(model) -> module`` is the
+    inference path (as for :func:`kinetix.engine.classification.evaluate`)."""
     missing = [str(v) for v in videos if not Path(v).exists()]
     if missing and len(missing) == len(videos):  # (some missing: each is reported, the rest predicted)
         raise ConfigError(f"no such video: {', '.join(missing)}")
@@ -223,6 +225,6 @@ def predict(
     if views is not None:
         settings = settings.with_views(views)
     aggregate = aggregate or (cfg.eval.aggregate if cfg else "logits")
-    model = fast_inference(model)  # the fastest measured CPU path (kinetix.deploy.optimize_for_inference)
+    model = inference(model)  # default: the faster of eager and oneDNN, measured on the first batch
     source = str(checkpoint) if checkpoint is not None else f"{model_name} (published weights)"
     return classification.predict_videos(model, videos, settings, class_names, topk, aggregate, source=source)

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kinetix.utils.inference import FastLinear
+from kinetix.utils.inference import FastLinear, onednn_sdpa, onednn_sdpa_applies
 
 
 class Attention(nn.Module):
@@ -54,6 +54,7 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         self.probs_log: AttentionLog | None = None  # set by record_attention only
+        self.onednn = False  # set by kinetix.utils.inference.onednn_copy (inference-time copies)
 
     def qkv_packed(self, x: torch.Tensor) -> torch.Tensor:
         """``(..., C) -> (..., 3, heads, head_dim)`` (a view of one GEMM's output)."""
@@ -75,6 +76,8 @@ class Attention(nn.Module):
         """Scaled dot-product attention on ``(..., heads, L, head_dim)`` tensors."""
         if self.probs_log is not None:
             return self._explicit(q, k, v, attn_mask)
+        if self.onednn and attn_mask is None and not self.training and onednn_sdpa_applies(q, k):
+            return onednn_sdpa(q, k, v, self.scale)
         p = self.attn_drop if self.training else 0.0
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p, scale=self.scale)
 

@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from kinetix.utils.inference import FastLinear
+
 _LAYOUTS = ("time_major", "space_major")
 
 
@@ -37,6 +39,7 @@ class TubeletEmbed(nn.Module):
             raise ValueError(f"layout must be one of {_LAYOUTS}, got {layout!r}")
         self.patch_size, self.tubelet_size, self.embed_dim = patch_size, tubelet_size, embed_dim
         self.proj = self._make_proj(in_chans, embed_dim, bias)
+        self.onednn = False  # set by kinetix.utils.inference.onednn_copy: the GEMM as a FastLinear
         # token axes after the input permute: (B, T', H', W', C, t, p, p) or (B, H', W', T', C, t, p, p)
         self._perm = (0, 2, 4, 6, 1, 3, 5, 7) if layout == "time_major" else (0, 4, 6, 2, 1, 3, 5, 7)
 
@@ -56,8 +59,18 @@ class TubeletEmbed(nn.Module):
         x = x[:, :, : gt * t, : gh * p, : gw * p]
         x = x.reshape(B, C, gt, t, gh, p, gw, p).permute(self._perm)  # (B, tokens..., C, t, p, p)
         x = x.reshape(B, gt * gh * gw, C * t * p * p)  # one copy of the input
-        x = F.linear(x, self.proj.weight.reshape(self.embed_dim, -1), self.proj.bias)  # (B, N, D)
+        w = self.proj.weight.reshape(self.embed_dim, -1)  # (D, C*t*p*p), a view
+        fast = self.onednn and not torch.is_grad_enabled()  # inference only (the view is cached)
+        x = self._fast_proj(w)(x) if fast else F.linear(x, w, self.proj.bias)  # (B, N, D)
         return x, (gt, gh, gw)
+
+    def _fast_proj(self, w: torch.Tensor) -> FastLinear:
+        """The projection as a :class:`FastLinear` on the same storage (kept outside the module tree,
+        so the state dict is unchanged; repacked when the weight changes)."""
+        fast = self.__dict__.get("_fast")
+        if fast is None or fast.weight.data_ptr() != w.data_ptr():
+            fast = self.__dict__["_fast"] = FastLinear.from_tensors(w, self.proj.bias)
+        return fast
 
 
 class PatchEmbed(TubeletEmbed):

@@ -357,6 +357,8 @@ def inter_frame_attention(
         raise ValueError(f"last_frame must be 'none' or 'self', got {last_frame!r}")
     n, c, t, h, w = f.shape
     k2 = kernel_size * kernel_size
+    if t == 1 and last_frame == "none":  # no next frame to attend to (e.g. a 1-frame dual branch)
+        return torch.zeros_like(f)  # what the general path gives, without a zero-size reshape
     if last_frame == "self":  # keys: frames 1..T-1 then T-1 again; queries: every frame
         keys, queries = torch.cat([f[:, :, 1:], f[:, :, -1:]], 2), f
         offset = torch.cat([offset[:, :, 1:], offset[:, :, -1:]], 2)

@@ -107,6 +107,39 @@ def test_test_and_predict_score_the_same_views(trained, capsys, views):
         assert [c["prob"] for c in p["top"]] == pytest.approx([c["prob"] for c in t["top"][:3]], abs=1e-5)
 
 
+def test_inference_backends_score_the_same(trained, capsys):
+    """``--backend`` changes how the model runs, never the scores: ``test`` through onnxruntime
+    (an export checked against PyTorch) and ``predict`` through each backend equal the default path."""
+    tmp, cfg, _ = trained
+    ckpt = tmp / "runs" / "cli" / "checkpoints" / "best"
+    runs = {}
+    for backend in (None, "onnxruntime"):
+        out = tmp / f"backend-{backend}"
+        extra = ["--backend", backend] if backend else []
+        assert (
+            main(["test", str(cfg), "--checkpoint", str(ckpt), "--views", "2x1", "--out", str(out), *extra])
+            == 0
+        )
+        runs[backend] = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+        used = json.loads((out / "metrics.json").read_text())["inference"]
+        assert used == ["onnxruntime"] if backend else set(used) <= {"eager", "onednn"}
+        assert f"scored (inference: {', '.join(used)})" in capsys.readouterr().out
+    for a, b in zip(runs[None], runs["onnxruntime"]):
+        assert a["video"] == b["video"] and [c["label"] for c in a["top"]] == [c["label"] for c in b["top"]]
+        assert [c["prob"] for c in a["top"]] == pytest.approx([c["prob"] for c in b["top"]], abs=1e-4)
+    videos = [r["video"] for r in runs[None]][:2]
+    preds = {}
+    for backend in (None, "eager", "onednn", "onnxruntime", "auto"):
+        capsys.readouterr()
+        extra = ["--backend", backend] if backend else []
+        assert main(["predict", *videos, "--checkpoint", str(ckpt), "--views", "2x1", "--json", *extra]) == 0
+        preds[backend] = json.loads(capsys.readouterr().out)
+    for backend, res in preds.items():
+        for r, ref in zip(res, preds[None]):
+            assert [c["label"] for c in r["top"]] == [c["label"] for c in ref["top"]], backend
+            assert [c["prob"] for c in r["top"]] == pytest.approx([c["prob"] for c in ref["top"]], abs=1e-4)
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

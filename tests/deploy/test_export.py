@@ -85,6 +85,32 @@ def test_export_dynamic_batch(tmp_path, randomize):
         _check_file(model, res.path, batch=b)
 
 
+def test_sifa_exports_with_a_dynamic_batch(tmp_path, randomize):
+    """The tiny SIFA-Net's dual branch runs one frame (no next frame to attend to): that block is
+    the identity without a zero-size reshape, which onnxruntime refused with a dynamic batch."""
+    model = randomize(create_model("test_sifa"))
+    res = export_onnx(model, tmp_path / "m.onnx", dynamic_batch=True)
+    for b in (1, 2):
+        _check_file(model, res.path, batch=b)
+
+
+def test_graph_onnxruntime_refuses_is_an_export_error(tmp_path, randomize, monkeypatch):
+    """Whatever onnxruntime raises while loading the exported graph becomes an ExportError that says
+    what to try, and nothing is written (no traceback from ``kinetix export``)."""
+    import kinetix.deploy.export as export_module
+
+    def refuse(path, *args, **kwargs):
+        raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : Load model failed: ShapeInferenceError")
+
+    monkeypatch.setattr(export_module, "make_session", refuse)
+    model = randomize(create_model("test_tsn"))
+    with pytest.raises(ExportError, match=r"onnxruntime cannot load or run.*without --dynamic-batch"):
+        export_onnx(model, tmp_path / "m.onnx", dynamic_batch=True)
+    with pytest.raises(ExportError, match="onnxruntime cannot load or run"):
+        export_onnx(model, tmp_path / "m.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize(("name", "kwargs"), [("test_tsm_online", {}), ("test_gsm", {"causal": True})])
 def test_step_model_streams_like_causal_offline(tmp_path, randomize, name, kwargs):
     """Frame by frame in onnxruntime == the causal model on the whole clip (``forward_frames``), and

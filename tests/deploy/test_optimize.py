@@ -7,10 +7,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import kinetix.layers.attention as attention_module
+import kinetix.utils.inference as inference_module
 from kinetix.deploy import FastLinear, InferenceModel, onednn_copy, optimize_for_inference
 from kinetix.errors import ConfigError
 from kinetix.models import create_model
-from kinetix.utils.inference import fast_inference
+from kinetix.utils.inference import fast_inference, onednn_sdpa, onednn_sdpa_applies
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -59,6 +61,60 @@ def test_onednn_copy_matches_eager(name, kwargs, randomize):
     x = _clip(model)
     with torch.inference_mode():
         ref, out = model(x), fast(x)
+    assert (out - ref).abs().max() <= RTOL * ref.abs().max()
+
+
+@pytest.mark.parametrize(("B", "H", "L", "S"), [(1, 2, 50, 50), (2, 3, 37, 61), (1, 1, 64, 64)])
+def test_onednn_sdpa_equals_sdpa(B, H, L, S, monkeypatch):
+    """Row blocks that do not divide L (a small block forces several), L != S, several heads and
+    clips, strided q/k/v views of one qkv tensor (as Attention passes them)."""
+    monkeypatch.setattr(inference_module, "_SDPA_BLOCK", 7 * S)  # 64-row minimum: 1-2 blocks
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(B, L, H, 16, generator=g).transpose(1, 2)  # (B, H, L, hd), strided
+    kv = torch.randn(B, S, 2, H, 16, generator=g).permute(2, 0, 3, 1, 4)  # 2 x (B, H, S, hd)
+    with torch.inference_mode():
+        ref = F.scaled_dot_product_attention(q, kv[0], kv[1], scale=0.3)
+        out = onednn_sdpa(q, kv[0], kv[1], 0.3)
+    assert out.shape == ref.shape and out.transpose(1, 2).is_contiguous()  # heads merge as a view
+    assert torch.allclose(out, ref, atol=1e-6, rtol=1e-5)
+
+
+def test_onednn_sdpa_applies_only_to_long_fp32_cpu_inference():
+    long, short = torch.randn(1, 2, 400, 8), torch.randn(1, 2, 100, 8)
+    with torch.no_grad():
+        assert onednn_sdpa_applies(long, long) == inference_module._MKLDNN
+        assert not onednn_sdpa_applies(short, short)  # torch's fused kernel is faster there
+        assert not onednn_sdpa_applies(long.bfloat16(), long.bfloat16())
+        with torch.autocast("cpu", torch.bfloat16):
+            assert not onednn_sdpa_applies(long, long)
+    assert not onednn_sdpa_applies(long.requires_grad_(), long)  # autograd: SDPA
+
+
+@pytest.mark.skipif(not inference_module._MKLDNN, reason="needs oneDNN")
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [("test_videomae", {}), ("test_timesformer", {"attention": "joint"}), ("test_vivit", {"model": 1})],
+)
+def test_long_sequence_attention_and_patch_embedding_run_on_onednn(name, kwargs, randomize, monkeypatch):
+    """The copy's attention goes through onednn_sdpa (threshold lowered so tiny models qualify) and
+    its patch embedding through a FastLinear; the outputs stay eager's, the state dict unchanged."""
+    monkeypatch.setattr(inference_module, "_SDPA_MIN_KEYS", 1)
+    calls = []
+
+    def counted(*args):
+        calls.append(args[0].shape)
+        return onednn_sdpa(*args)
+
+    monkeypatch.setattr(attention_module, "onednn_sdpa", counted)
+    model = randomize(create_model(name, **kwargs))
+    fast = onednn_copy(model)
+    x = _clip(model)
+    with torch.inference_mode():
+        ref, out = model(x), fast(x)
+    assert len(calls) == len(model.blocks)  # every block's attention, none in the original
+    assert isinstance(fast.patch_embed.__dict__.get("_fast"), FastLinear)
+    assert "_fast" not in model.patch_embed.__dict__
+    assert fast.state_dict().keys() == model.state_dict().keys()
     assert (out - ref).abs().max() <= RTOL * ref.abs().max()
 
 
