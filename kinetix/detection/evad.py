@@ -308,7 +308,9 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: EVAD) -> di
             k = k.replace("det_head.s0_headseries.", "sparse_rcnn.head_series.")
         elif k.startswith(("decoder.", "encoder_to_decoder.", "mask_token")):
             k = "det_head." + k
-        if k in own and own[k].shape == v.shape:
+            if k in own and own[k].shape != v.shape:
+                continue  # the pre-training decoder initialises the head only where shapes fit
+        if k in own:  # another shape: the strict loader names it (or resets a classifier of other size)
             out[k] = v
     if not any(k.startswith("blocks.") for k in out):
         return dict(state_dict)  # nothing recognised: let the strict loader report the keys

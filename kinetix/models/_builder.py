@@ -2,11 +2,16 @@
 
 Each model file may define ``checkpoint_filter_fn(state_dict, model) -> state_dict`` that maps a
 foreign layout (official repo, mmaction2, Hugging Face, torchvision, scenic) onto kinetix names.
-Loading is strict: a mismatch is an error that lists the missing and unexpected keys.
+A model file may also define ``CHECKPOINT_FORMATS``, the layouts its filter reads (said in errors).
+Loading is strict: a mismatch is an error that lists the missing and unexpected keys. Whatever goes
+wrong while a file is converted (a filter's own refusal, or a ``KeyError``/shape error on a layout it
+does not know) becomes one :class:`CheckpointError` naming the file, the model, the layouts it reads,
+keys of both sides and the fix.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +20,12 @@ import torch
 import torch.nn as nn
 
 from kinetix.errors import CheckpointError
-from kinetix.utils.state_dict import read_safetensors_metadata, read_state_dict, save_safetensors
+from kinetix.utils.state_dict import (
+    read_safetensors_metadata,
+    read_state_dict,
+    save_safetensors,
+    strip_prefix,
+)
 
 from ._pretrained import PretrainedCfg
 
@@ -30,11 +40,69 @@ def _short(keys, n=8) -> str:
     return ", ".join(keys[:n]) + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
 
 
+# what a filter raises on a layout it does not know (a missing name, a tensor of another shape)
+_FILTER_ERRORS = (KeyError, IndexError, ValueError, TypeError, RuntimeError)
+_FIX = "Check that the model name and its arguments (num_frames, num_classes, variant) match the checkpoint"
+
+
+def _model_name(model: nn.Module) -> str:
+    name = getattr(model, "model_name", None)
+    return f"{name} ({type(model).__name__})" if name else type(model).__name__
+
+
+def _formats(model: nn.Module) -> str:
+    """The layouts ``model``'s converter reads (``CHECKPOINT_FORMATS`` of its file)."""
+    module = sys.modules.get(type(model).__module__)
+    fmt = getattr(module, "CHECKPOINT_FORMATS", None)
+    doc = (getattr(getattr(module, "checkpoint_filter_fn", None), "__doc__", None) or "").strip()
+    if fmt is None and doc:  # "Official EVAD (...) or VideoMAE-pretrained keys → kinetix. ..."
+        fmt = "kinetix weights or " + re.split(r"\s*(?:->|→)", doc, maxsplit=1)[0].replace("``", "")
+    return fmt or "kinetix weights of this model"
+
+
+def _examples(keys, n=4) -> str:
+    """A few keys of a state dict, one per top-level module first (``backbone.conv1.weight, fc.bias``)."""
+    keys = sorted(k for k in keys if not k.endswith("num_batches_tracked"))
+    firsts = {}
+    for k in keys:
+        firsts.setdefault(re.split(r"[./]", k, maxsplit=1)[0], k)
+    picked = list(firsts.values())[:n]
+    picked += [k for k in keys if k not in picked][: n - len(picked)]
+    return ", ".join(picked) + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
+
+
+def _saved_for(source) -> str:
+    """' (it holds kinetix weights saved for model X)' when ``source`` is a kinetix safetensors file."""
+    path = Path(str(source))
+    if path.suffix != ".safetensors" or not path.is_file():
+        return ""
+    try:
+        name = read_safetensors_metadata(path).get("kinetix_model")
+    except CheckpointError:
+        return ""
+    return (
+        f"; the file holds kinetix weights saved for model {name!r}: load it with that model" if name else ""
+    )
+
+
+def mismatch_message(model: nn.Module, state_dict, source, reason: str) -> str:
+    """The one message for a checkpoint ``model`` cannot take: the file, why, what the model's
+    converter reads (with example keys of both sides) and the fix."""
+    return (
+        f"{source}: not a checkpoint {_model_name(model)} can load: {reason.rstrip('. ')}. "
+        f"Expected {_formats(model)}: keys like {_examples(model.state_dict())}; "
+        f"got keys like {_examples(state_dict)}. {_FIX}{_saved_for(source)}."
+    )
+
+
 def convert_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Map ``state_dict`` onto ``model``'s names with the model file's filter (if the keys differ)."""
     own = model.state_dict()
     if set(state_dict) == set(own):
         return dict(state_dict)
+    unwrapped = strip_prefix(state_dict, "module.")  # kinetix weights saved from DataParallel
+    if set(unwrapped) == set(own):
+        return unwrapped
     fn = filter_fn_for(model)
     return dict(fn(state_dict, model)) if fn is not None else dict(state_dict)
 
@@ -72,9 +140,9 @@ def load_state_dict_strict(model: nn.Module, state_dict: dict[str, torch.Tensor]
                 )
             )
         raise CheckpointError(
-            f"{source or 'checkpoint'} does not fit {type(model).__name__}: "
+            f"{source or 'checkpoint'} does not fit {_model_name(model)}: "
             + "; ".join(parts)
-            + ". Check the model name and its arguments (num_frames, num_classes, variant)."
+            + f". It reads {_formats(model)}. {_FIX}{_saved_for(source)}."
         )
     bad = [
         k
@@ -116,13 +184,16 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
 
 
 def _converted(model: nn.Module, sd: dict[str, torch.Tensor], path) -> dict[str, torch.Tensor]:
-    """``convert_state_dict`` whose errors (from the model file's filter) name the file."""
+    """``convert_state_dict``; whatever its filter raises on ``sd`` (its own refusal, or a bare
+    ``KeyError``/shape error on a layout it does not know) becomes one :class:`CheckpointError`
+    naming the file, the model, the layouts it reads and the fix (:func:`mismatch_message`)."""
     try:
         return convert_state_dict(model, sd)
     except CheckpointError as e:
-        if str(path) in str(e):
-            raise
-        raise CheckpointError(f"{path}: {e}") from None
+        reason = str(e).removeprefix(f"{path}: ").removeprefix("state dict: ")
+    except _FILTER_ERRORS as e:
+        reason = f"its converter cannot read this layout ({type(e).__name__}: {e})"
+    raise CheckpointError(mismatch_message(model, sd, path, reason)) from None
 
 
 def load_pretrained(model: nn.Module, cfg: PretrainedCfg) -> nn.Module:
@@ -219,7 +290,7 @@ def conversion_report(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> 
         poisoned = {**state_dict, k: torch.full_like(state_dict[k], float("nan"))}
         try:
             out = convert_state_dict(model, poisoned)
-        except (KeyError, ValueError, RuntimeError, CheckpointError):
+        except (*_FILTER_ERRORS, CheckpointError):
             continue  # the filter looks at it: used
         if not any(_has_nan(v) for v in out.values()):
             unused.append(k)
@@ -243,15 +314,24 @@ def convert_with_report(
             f"{src}: {len(bad)} tensor(s) hold NaN or infinite values ({_short(bad, 4)}); the weights "
             "are broken (a diverged run?). Use another checkpoint"
         )
-    _converted(model, sd, src)  # a layout the model file's filter refuses: an error naming the file
+    converted = _converted(model, sd, src)  # a layout the filter refuses: an error naming the file
     report = conversion_report(model, sd)
+    if not set(model.state_dict()) - set(report.missing) - _classifier_keys(model):
+        # nothing (or only a classifier) of the model comes from the file: another model's checkpoint
+        raise CheckpointError(
+            mismatch_message(
+                model, sd, src, f"{report.loaded} of its {report.total} tensors come from the file"
+            )
+        )
+    # a conversion that cannot load (unexpected keys, other shapes) is refused as such, before the
+    # question of completeness (--allow-partial would not help)
+    load_state_dict_strict(model, converted, source=str(src))
     if report.missing and not allow_partial:
         raise CheckpointError(
-            f"{src}: a partial checkpoint for {type(model).__name__}: {report.describe()}. Check the "
+            f"{src}: a partial checkpoint for {_model_name(model)}: {report.describe()}. Check the "
             "model name and its arguments, or pass --allow-partial to convert it anyway (the missing "
             "tensors keep the model's random initialisation)"
         )
-    load_state_dict_strict(model, _converted(model, sd, src), source=str(src))
     meta = {"converted_from": Path(src).name}
     if report.missing:
         meta["converted_missing"] = report.missing

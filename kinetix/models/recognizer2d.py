@@ -198,6 +198,13 @@ _MM_RESNET = [  # mmaction2 ResNet (ConvModule) -> torchvision names
 ]
 
 
+CHECKPOINT_FORMATS = (
+    "kinetix weights, official TSN/TSM/GSM checkpoints (module.base_model.*, new_fc.*), official TSM "
+    "MobileNetV2, mmaction2 TSN/TSM (backbone.*, cls_head.fc_cls.*) or 2D ImageNet weights of the "
+    "backbone (torchvision ResNet/MobileNetV2/Inception-v3, Caffe BN-Inception)"
+)
+
+
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: Recognizer2D) -> dict[str, torch.Tensor]:
     """Foreign checkpoints -> kinetix names.
 
@@ -257,6 +264,9 @@ def _check_shift_layout(sd: dict[str, torch.Tensor], model: Recognizer2D) -> Non
     and run without the shift, and vice versa)."""
     if not hasattr(model.backbone, "layer1"):
         return
+    mm = re.compile(r"^backbone\.(?:conv1|layer\d\.\d+\.conv\d)\.conv\.")
+    if not any(k.startswith(("base_model.", "cls_head.")) or mm.match(k) for k in sd):
+        return  # kinetix's own names (no official/mmaction2 wrappers): the strict loader checks them
     pat = re.compile(r"^(?:base_model|backbone)\.(layer\d\.\d+)\.(?:block\.)?(?:conv1\.(?:conv\.)?)?net\.")
     in_ckpt = {m.group(1) for k in sd if (m := pat.match(k))}
     in_model = {n.removeprefix("backbone.").removesuffix(".temporal_in") for n, m in model.named_modules()

@@ -181,6 +181,12 @@ class SIFANet(nn.Module):
         return sd
 
 
+CHECKPOINT_FORMATS = (
+    "kinetix weights, released SIFA-Net checkpoints (module.*, conv_offset, def_cor) or 2D ImageNet "
+    "ResNet-50 weights (torchvision)"
+)
+
+
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """Released SIFA-Net checkpoints (``module.`` prefix, 5-D Conv3d weights, ``conv_offset`` and
     the fixed ``def_cor.weight`` (1/C) in SIFA blocks) and 2D ImageNet ResNet-50 files -> kinetix.
@@ -200,7 +206,7 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) 
                     f"{k}: SIFA correlation weights must be the fixed 1/C, got other values"
                 )
             continue
-        if isinstance(model, SIFARecognizer2D):  # sifa_r50_plain
+        if isinstance(model, SIFARecognizer2D) and not k.startswith(("backbone.", "fc.")):  # sifa_r50_plain
             k = re.sub(r"^(layer\d\.\d+)\.conv_offset\.", r"\1.temporal_out.conv_offset.", k)
             k = "fc." + k[3:] if k.startswith("fc.") else "backbone." + k
         else:

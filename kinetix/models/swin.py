@@ -631,6 +631,12 @@ def init_from_image_swin(
     return model
 
 
+CHECKPOINT_FORMATS = (
+    "kinetix weights, official or timm Swin ImageNet weights (2D; a SIFA-Transformer starts from them) "
+    "or released SIFA-Transformer checkpoints (module.*, fc, tda_norm, def_cor)"
+)
+
+
 def checkpoint_filter_fn(
     state_dict: dict[str, torch.Tensor], model: SwinTransformer
 ) -> dict[str, torch.Tensor]:

@@ -180,6 +180,11 @@ _HF_BLOCK = (  # TimeSformer's own block keys, before the shared HF ViT table
 )
 
 
+CHECKPOINT_FORMATS = (
+    "kinetix weights, official TimeSformer .pyth (model.*) or Hugging Face Timesformer* weights"
+)
+
+
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: TimeSformer) -> dict[str, torch.Tensor]:
     """Official ``.pyth`` (``model.`` prefix, ``model_state``) or Hugging Face ``Timesformer*`` weights
     -> kinetix names; ``pos_embed`` and ``time_embed`` are resized (nearest) to the model's grid."""

@@ -168,6 +168,12 @@ def _from_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return hf_vit_keys(sd, r"videomae\.encoder\.layer\.(\d+)\.(.*)", _HF_TOP, _HF_BLOCK)
 
 
+CHECKPOINT_FORMATS = (
+    "kinetix weights, official VideoMAE (fine-tuned, or the encoder.* of a pre-training checkpoint) or "
+    "Hugging Face VideoMAE* weights"
+)
+
+
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: VideoMAE) -> dict[str, torch.Tensor]:
     """Official VideoMAE (fine-tuned, or the ``encoder.`` part of a pre-training checkpoint) or Hugging
     Face ``VideoMAE*`` weights -> kinetix names. The fixed sinusoid table is never loaded."""

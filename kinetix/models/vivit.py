@@ -34,6 +34,7 @@ from functools import partial
 import torch
 import torch.nn as nn
 
+from kinetix.errors import CheckpointError
 from kinetix.layers.patch_embed import PatchEmbed, TubeletEmbed
 from kinetix.layers.pos_embed import resize_pos_embed, resize_pos_embed_3d, resize_time_embed
 from kinetix.layers.spacetime import SpaceTimeBlock
@@ -224,55 +225,105 @@ _FLAX_BLOCK = {
     "MlpBlock_0": "mlp", "MlpBlock": "mlp",
 }  # fmt: skip
 _FLAX_ENCODERS = {"Transformer": "", "SpatialTransformer": "", "TemporalTransformer": "temporal_"}
+# the image ViT (vit_jax / big_vision) names of the same modules, and its classifier
+_IMAGE_VIT = {"LayerNorm_2", "MultiHeadDotProductAttention_1", "MlpBlock_3", "head", "pre_logits"}
+CHECKPOINT_FORMATS = (
+    "kinetix weights, a scenic ViViT checkpoint (.npz of the flax tree, '/'-joined names such as "
+    "Transformer/encoderblock_0/MultiHeadDotProductAttention_0/query/kernel; Models 1-4) or Hugging "
+    "Face Vivit* weights (Model 1)"
+)
+
+
+def _flax_models(sd: dict[str, torch.Tensor]) -> tuple[set[int], str]:
+    """The ViViT Models a scenic tree (prefix stripped) can be, and why; an image ViT tree
+    (vit_jax / big_vision: ``MultiHeadDotProductAttention_1``, ``MlpBlock_3``, ``head``) is refused
+    with the way to start a ViViT from it."""
+    names = {part for k in sd for part in k.split("/")[:3]}
+    if image := sorted(names & _IMAGE_VIT):
+        raise CheckpointError(
+            f"an image ViT checkpoint (vit_jax / big_vision names: {', '.join(image)}), not a scenic ViViT "
+            "one (MultiHeadDotProductAttention_0, MlpBlock_0, output_projection). Start a ViViT from "
+            "it with kinetix.models.init_from_image_vit(model, FILE) (the paper's initialisation) and "
+            "fine-tune it; convert only trained ViViT checkpoints"
+        )
+    if "SpatialTransformer" in names:
+        return {2}, "a factorised encoder: SpatialTransformer + TemporalTransformer"
+    if "MultiHeadDotProductAttention_time" in names:
+        return {3}, "factorised self-attention: MultiHeadDotProductAttention_space/_time"
+    if "cls" in names:
+        return {1}, "one Transformer with a cls token"
+    return {1, 4}, "one Transformer without a cls token"
+
+
+def _check_flax_model(sd: dict[str, torch.Tensor], model: ViViT) -> None:
+    """A scenic tree of another ViViT Model is refused, naming the Model it looks like."""
+    fits, why = _flax_models(sd)
+    if model.model in fits and (model.model != 1 or (model.cls_token is not None) == (fits == {1})):
+        return
+    like = "Model 4 (or Model 1 without a CLS token)" if fits == {1, 4} else f"Model {min(fits)}"
+    raise CheckpointError(
+        f"a scenic ViViT {like} checkpoint ({why}), but the model is ViViT Model {model.model}"
+        + (" with a CLS token" if model.model == 1 and model.cls_token is not None else "")
+        + f". Use the Model {max(fits)} variant (vivit_base_m{max(fits)} / vivit_large_m{max(fits)}, or "
+        f"model={max(fits)})"
+    )
 
 
 def _from_flax(sd: dict[str, torch.Tensor], model: ViViT) -> dict[str, torch.Tensor]:
     """scenic params tree flattened with '/' (``optimizer/target/...`` or ``params/...``) -> kinetix."""
     D = model.embed_dim
     out, qkv = {}, {}
-    for key, v in strip_prefix(sd, "optimizer/target/", "params/").items():
-        parts = key.split("/")
-        leaf = parts[-1]
-        if parts[0] == "embedding":
-            if leaf == "kernel":  # (t, h, w, c, D) -> (D, c, t, h, w); 2D (h, w, c, D) -> (D, c, h, w)
-                v = v.permute(4, 3, 0, 1, 2) if v.ndim == 5 else v.permute(3, 2, 0, 1)
-                if isinstance(model.patch_embed.proj, nn.Conv2d) and v.ndim == 5:
-                    v = v[:, :, 0]
-            out[f"patch_embed.proj.{'weight' if leaf == 'kernel' else 'bias'}"] = v
-        elif parts[0] in ("cls", "cls_SpatialTransformer"):
-            out["cls_token"] = v.reshape(1, 1, D)
-        elif parts[0] == "cls_TemporalTransformer":
-            out["temporal_cls_token"] = v.reshape(1, 1, D)
-        elif parts[0] == "output_projection":
-            out[f"head.{'weight' if leaf == 'kernel' else 'bias'}"] = v.T if leaf == "kernel" else v
-        elif parts[0] in _FLAX_ENCODERS:
-            enc = _FLAX_ENCODERS[parts[0]]
-            if parts[1] == "posembed_input":
-                out[f"{enc}pos_embed"] = v
-            elif parts[1] == "encoder_norm":
-                out[f"{enc}norm.{'weight' if leaf == 'scale' else 'bias'}"] = v
-            else:  # encoderblock_{i}/<module>/.../<leaf>
-                i = int(parts[1].rsplit("_", 1)[1])
-                mod = _FLAX_BLOCK[parts[2]]
-                prefix = f"{enc}blocks.{i}.{mod}."
-                if mod.endswith("norm1") or mod == "norm2":
-                    out[prefix + ("weight" if leaf == "scale" else "bias")] = v
-                elif mod == "mlp":
-                    fc = "fc1" if parts[3] == "Dense_0" else "fc2"
-                    out[f"{prefix}{fc}.{'weight' if leaf == 'kernel' else 'bias'}"] = (
-                        v.T if leaf == "kernel" else v
-                    )
-                elif parts[3] == "out":  # kernel (heads, hd, D) -> (D, D)
-                    out[f"{prefix}proj.{'weight' if leaf == 'kernel' else 'bias'}"] = (
-                        v.reshape(D, D).T if leaf == "kernel" else v
-                    )
-                else:  # query/key/value: kernel (D, heads, hd) -> (D, D).T; bias (heads, hd) -> (D,)
-                    w = v.reshape(D, D).T if leaf == "kernel" else v.reshape(D)
-                    qkv.setdefault(prefix, {})[
-                        f"{parts[3][0]}.{'weight' if leaf == 'kernel' else 'bias'}"
-                    ] = w
-        else:
-            out[key] = v
+    key = ""
+    try:
+        for key, v in strip_prefix(sd, "optimizer/target/", "params/").items():
+            parts = key.split("/")
+            leaf = parts[-1]
+            if parts[0] == "embedding":
+                if leaf == "kernel":  # (t, h, w, c, D) -> (D, c, t, h, w); 2D (h, w, c, D) -> (D, c, h, w)
+                    v = v.permute(4, 3, 0, 1, 2) if v.ndim == 5 else v.permute(3, 2, 0, 1)
+                    if isinstance(model.patch_embed.proj, nn.Conv2d) and v.ndim == 5:
+                        v = v[:, :, 0]
+                out[f"patch_embed.proj.{'weight' if leaf == 'kernel' else 'bias'}"] = v
+            elif parts[0] in ("cls", "cls_SpatialTransformer"):
+                out["cls_token"] = v.reshape(1, 1, D)
+            elif parts[0] == "cls_TemporalTransformer":
+                out["temporal_cls_token"] = v.reshape(1, 1, D)
+            elif parts[0] == "output_projection":
+                out[f"head.{'weight' if leaf == 'kernel' else 'bias'}"] = v.T if leaf == "kernel" else v
+            elif parts[0] in _FLAX_ENCODERS:
+                enc = _FLAX_ENCODERS[parts[0]]
+                if parts[1] == "posembed_input":
+                    out[f"{enc}pos_embed"] = v
+                elif parts[1] == "encoder_norm":
+                    out[f"{enc}norm.{'weight' if leaf == 'scale' else 'bias'}"] = v
+                else:  # encoderblock_{i}/<module>/.../<leaf>
+                    i = int(parts[1].rsplit("_", 1)[1])
+                    if parts[2] not in _FLAX_BLOCK:
+                        raise CheckpointError(
+                            f"{key}: {parts[2]!r} is no module of a scenic ViViT block ({', '.join(_FLAX_BLOCK)})"
+                        )
+                    mod = _FLAX_BLOCK[parts[2]]
+                    prefix = f"{enc}blocks.{i}.{mod}."
+                    if mod.endswith("norm1") or mod == "norm2":
+                        out[prefix + ("weight" if leaf == "scale" else "bias")] = v
+                    elif mod == "mlp":
+                        fc = "fc1" if parts[3] == "Dense_0" else "fc2"
+                        out[f"{prefix}{fc}.{'weight' if leaf == 'kernel' else 'bias'}"] = (
+                            v.T if leaf == "kernel" else v
+                        )
+                    elif parts[3] == "out":  # kernel (heads, hd, D) -> (D, D)
+                        out[f"{prefix}proj.{'weight' if leaf == 'kernel' else 'bias'}"] = (
+                            v.reshape(D, D).T if leaf == "kernel" else v
+                        )
+                    else:  # query/key/value: kernel (D, heads, hd) -> (D, D).T; bias (heads, hd) -> (D,)
+                        w = v.reshape(D, D).T if leaf == "kernel" else v.reshape(D)
+                        qkv.setdefault(prefix, {})[
+                            f"{parts[3][0]}.{'weight' if leaf == 'kernel' else 'bias'}"
+                        ] = w
+            else:
+                out[key] = v
+    except RuntimeError as e:  # a tensor whose size does not fit the model's width
+        raise CheckpointError(f"{key} {tuple(v.shape)}: does not fit a ViViT of width {D} ({e})") from None
     fuse_qkv(qkv, out)
     return out
 
@@ -284,6 +335,7 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: ViViT) -> d
     if any(k.startswith("vivit.") for k in sd):
         sd = _from_hf(sd)
     elif any("/" in k for k in sd):
+        _check_flax_model(strip_prefix(sd, "optimizer/target/", "params/"), model)
         sd = _from_flax(sd, model)
     own = model.state_dict()
     if "pos_embed" in sd and sd["pos_embed"].shape != own["pos_embed"].shape:

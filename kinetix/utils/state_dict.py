@@ -25,6 +25,7 @@ from kinetix.errors import CheckpointError
 
 # Wrapper keys under which training scripts store the weights, most specific first.
 _WRAPPER_KEYS = ("state_dict", "model_state", "model", "module", "params", "weights")
+_UNREADABLE_FIX = "; the file is damaged (a cut download?) or not a weights file: re-download or re-save it"
 
 
 def _safe_globals() -> list:
@@ -63,7 +64,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     except CheckpointError:
         raise
     except Exception as e:  # truncated zip, wrong format, ...
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint ({type(e).__name__}: {e}){_UNREADABLE_FIX}"
+        ) from e
     return unwrap_state_dict(obj, path)
 
 
@@ -94,7 +97,7 @@ def load_pickle_safely(path: str | Path, extra_globals: list | None = None):
             first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
             if "weights_only" in first:
                 first = "not a plain weights file"
-            raise CheckpointError(f"{path}: not a readable checkpoint ({first})") from None
+            raise CheckpointError(f"{path}: not a readable checkpoint ({first}){_UNREADABLE_FIX}") from None
         raise CheckpointError(
             f"{path}: refused to load: the file stores Python objects that are not plain tensors "
             f"({culprit}). kinetix never unpickles code; re-save only the weights, e.g. "
@@ -102,7 +105,9 @@ def load_pickle_safely(path: str | Path, extra_globals: list | None = None):
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError) as e:  # truncated zip, not a torch file
         first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {first})") from None
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint ({type(e).__name__}: {first}){_UNREADABLE_FIX}"
+        ) from None
 
 
 def unwrap_state_dict(obj, path: str | Path = "<checkpoint>") -> dict[str, torch.Tensor]:
@@ -116,7 +121,7 @@ def unwrap_state_dict(obj, path: str | Path = "<checkpoint>") -> dict[str, torch
             return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     raise CheckpointError(
         f"{path}: found no weights (expected a dict of tensors, possibly under one of "
-        f"{', '.join(_WRAPPER_KEYS)})"
+        f"{', '.join(_WRAPPER_KEYS)}); re-save the weights, e.g. torch.save(model.state_dict(), PATH)"
     )
 
 
