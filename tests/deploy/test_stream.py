@@ -55,30 +55,8 @@ def _frames(n=NUM_FRAMES, h=H, w=W, seed=0) -> np.ndarray:
     return out
 
 
-def _randomise(model, sample):
-    """Random weights and BN statistics calibrated on ``sample`` (the logits then depend on the frames)."""
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if p.dim() > 1:
-                p.copy_(torch.randn(p.shape, generator=g) * (2 / p[0].numel()) ** 0.5)
-            else:
-                p.copy_(
-                    torch.rand(p.shape, generator=g) + 0.5
-                    if n.endswith("weight")
-                    else torch.randn(p.shape, generator=g) * 0.1
-                )
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.reset_running_stats()
-                m.momentum = None
-        model.train()
-        model(sample)
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
-def media(tmp_path_factory):
+def media(randomize, tmp_path_factory):
     d = tmp_path_factory.mktemp("stream")
     frames = _frames()
     mp4 = write_video(d / "clip.mp4", frames, fps=FPS, gop=8)
@@ -89,7 +67,7 @@ def media(tmp_path_factory):
         Image.fromarray(f).save(folder / f"img_{i + 1:05d}.png")
     model = create_model(MODEL)
     sample = torch.from_numpy(frames[:8]).permute(3, 0, 1, 2)[None].float() / 255  # (1, 3, 8, H, W)
-    _randomise(model, torch.nn.functional.interpolate(sample, size=(8, 64, 64)))
+    randomize(model, torch.nn.functional.interpolate(sample, size=(8, 64, 64)), seed=3)
     ckpt = save_model_weights(model, d / "online.safetensors")
     return {"mp4": mp4, "ts": ts, "folder": folder, "ckpt": ckpt, "dir": d}
 
@@ -359,10 +337,10 @@ def test_ctrl_c_ends_cleanly_with_the_summary(media, tmp_path):
 
 
 @pytest.mark.parametrize("name", [MODEL, "test_tsm_online", "test_gsm"])
-def test_optimized_torch_backend_equals_the_eager_model(name):
+def test_optimized_torch_backend_equals_the_eager_model(randomize, name):
     kw = {"causal": True} if name == "test_gsm" else {}
     clip = torch.randn(1, 3, 8, 64, 64)
-    model = _randomise(create_model(name, **kw), clip)
+    model = randomize(create_model(name, **kw), clip, seed=3)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     plain, fast = TorchBackend(model, optimize=False), TorchBackend(model)
     assert (

@@ -12,7 +12,6 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 from safetensors.torch import save_file
 
 from kinetix.data.io import VideoReader
@@ -31,16 +30,6 @@ from kinetix.explain import (
 )
 from kinetix.explain.attention import record
 from kinetix.models import create_model
-
-
-def _randomise(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial weights: zero-initialised temporal projections would hide the temporal stages."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim > 1:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-    return model.eval()
 
 
 def _clip(model, seed=1):
@@ -123,8 +112,8 @@ def _rollout_by_hand(stages, cls: bool):
         ("test_timesformer", {"attention": "joint"}, True, "hwt"),
     ],
 )
-def test_rollout_equals_brute_force_product_joint(name, kwargs, cls, layout):
-    model = _randomise(create_model(name, **kwargs))
+def test_rollout_equals_brute_force_product_joint(randomize, name, kwargs, cls, layout):
+    model = randomize(create_model(name, **kwargs))
     x = _clip(model)
     normed, hooks = _norm_outputs(model)
     _, log, grid = record(model, x)
@@ -145,10 +134,10 @@ def test_rollout_equals_brute_force_product_joint(name, kwargs, cls, layout):
         torch.testing.assert_close(m[0], last, atol=1e-6, rtol=1e-4)
 
 
-def test_rollout_equals_brute_force_product_divided_timesformer():
+def test_rollout_equals_brute_force_product_divided_timesformer(randomize):
     """TimeSformer divided attention, per block: time (per location, no CLS) then space (per frame,
     CLS repeated per frame and averaged back), each stage with its residual, matrices filled by loops."""
-    model = _randomise(create_model("test_timesformer"))
+    model = randomize(create_model("test_timesformer"))
     x = _clip(model)
     normed, hooks = _norm_outputs(model)
     _, log, grid = record(model, x)
@@ -215,8 +204,8 @@ def synth(tmp_path_factory):
         ("test_evad", {}),
     ],
 )
-def test_explain_every_family_on_a_real_mp4(synth, tmp_path, name, kwargs):
-    model = _randomise(create_model(name, **kwargs))
+def test_explain_every_family_on_a_real_mp4(randomize, synth, tmp_path, name, kwargs):
+    model = randomize(create_model(name, **kwargs))
     settings = resolve_data_settings(model.pretrained_cfg, None)
     video = synth / "videos" / "v00000.mp4"
     for method in methods_for(model):
@@ -306,13 +295,13 @@ def test_cli_explain(synth, tmp_path, capsys):
         ("test_vivit", {"model": 4}),
     ],
 )
-def test_stage_matrices_follow_the_token_layout(name, kwargs):
+def test_stage_matrices_follow_the_token_layout(randomize, name, kwargs):
     """Every stage matrix is row-stochastic and only mixes patch tokens that share the grid
     coordinates the stage does not attend over (coordinates from spacetime.token_coords)."""
     from kinetix.explain.attention import _block_stages, _encoders
     from kinetix.layers.spacetime import token_coords
 
-    model = _randomise(create_model(name, **kwargs))
+    model = randomize(create_model(name, **kwargs))
     _, log, grid = record(model, _clip(model))
     enc = _encoders(model, grid)[0]
     P = enc.num_prefix

@@ -18,30 +18,6 @@ from kinetix.utils.state_dict import read_state_dict
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 
 
-def _randomise(model, sample):
-    """Random He-scaled weights and BN statistics calibrated on ``sample``, so that outputs depend
-    on the input (with arbitrary running stats, deep random nets give near-constant logits and an
-    output comparison would prove little)."""
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if p.dim() > 1:
-                p.copy_(torch.randn(p.shape, generator=g) * (2 / p[0].numel()) ** 0.5)
-            else:
-                p.copy_(
-                    torch.rand(p.shape, generator=g) + 0.5
-                    if n.endswith("weight")
-                    else torch.randn(p.shape, generator=g) * 0.1
-                )
-        for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.reset_running_stats()
-                m.momentum = None
-        model.train()
-        model(sample)
-    return model.eval()
-
-
 def _assert_same_model(dst, src, x):
     torch.testing.assert_close(dst(x), src(x))
     y, y2 = src(x), src(torch.randn_like(x) * x.std())
@@ -116,18 +92,18 @@ def test_official_gsm_bninception_keys_full_size_on_meta():
 @pytest.mark.parametrize(
     "name,layout", [("test_tsm", _official_tsm), ("test_tsn", _official_tsm), ("test_tsm", _mmaction2)]
 )
-def test_tsm_converters_reproduce_outputs(tmp_path, name, layout):
+def test_tsm_converters_reproduce_outputs(randomize, tmp_path, name, layout):
     x = torch.randn(2, 3, 8, 64, 64)
-    src = _randomise(create_model(name), x)
+    src = randomize(create_model(name), x)
     path = tmp_path / "ckpt.pth"
     torch.save({"epoch": 3, "arch": "resnet", "state_dict": layout(src), "best_prec1": 1.0}, path)
     dst = load_checkpoint(create_model(name), path).eval()
     _assert_same_model(dst, src, x[:1])
 
 
-def test_gsm_bninception_converter_reproduces_outputs(tmp_path):
+def test_gsm_bninception_converter_reproduces_outputs(randomize, tmp_path):
     x = torch.randn(2, 3, 2, 32, 32) * 50
-    src = _randomise(create_model("gsm_bninception", num_frames=2), x)
+    src = randomize(create_model("gsm_bninception", num_frames=2), x)
     sd = {
         "module.base_model." + k.removeprefix("backbone."): v
         for k, v in src.state_dict().items()
@@ -141,8 +117,8 @@ def test_gsm_bninception_converter_reproduces_outputs(tmp_path):
     _assert_same_model(dst, src, x[:1])
 
 
-def test_torchvision_imagenet_file_into_tsm(tmp_path):
-    image = _randomise(
+def test_torchvision_imagenet_file_into_tsm(randomize, tmp_path):
+    image = randomize(
         ResNet(BasicBlock, (1, 1, 1, 1), num_classes=1000, base_width=8), torch.randn(8, 3, 32, 32)
     )
     torch.save(image.state_dict(), tmp_path / "resnet_tiny.pth")
@@ -173,9 +149,9 @@ def _official_sifa(model):
     return out
 
 
-def test_sifa_converter_reproduces_outputs(tmp_path):
+def test_sifa_converter_reproduces_outputs(randomize, tmp_path):
     x = torch.randn(2, 3, 8, 64, 64)
-    src = _randomise(create_model("test_sifa"), x)
+    src = randomize(create_model("test_sifa"), x)
     sd = _official_sifa(src)
     assert (
         sd["module.conv1.weight"].shape == (8, 3, 4, 7, 7)
@@ -190,8 +166,8 @@ def test_sifa_converter_reproduces_outputs(tmp_path):
         load_checkpoint(create_model("test_sifa"), tmp_path / "bad.pth")
 
 
-def test_kinetix_convert_cli(tmp_path, capsys):
-    src = _randomise(create_model("test_tsm", num_classes=7), torch.randn(2, 3, 8, 64, 64))
+def test_kinetix_convert_cli(randomize, tmp_path, capsys):
+    src = randomize(create_model("test_tsm", num_classes=7), torch.randn(2, 3, 8, 64, 64))
     torch.save(
         {"state_dict": _official_tsm(src)}, tmp_path / "TSM_x_RGB_resnet_shift8_blockres_avg_segment8.pth"
     )
@@ -245,11 +221,11 @@ def test_shift_layout_mismatch_is_refused():
 
 
 @pytest.mark.parametrize("shift_place", ["residual", "block"])
-def test_official_temporal_pool_checkpoint_loads(tmp_path, shift_place):
+def test_official_temporal_pool_checkpoint_loads(randomize, tmp_path, shift_place):
     """The official `make_temporal_pool` wraps layer2 as `TemporalPool(net=layer2)`: its keys read
     `base_model.layer2.net.N...` (and `layer2.net.N.conv1.net.` / `layer2.net.N.net.` where shifted)."""
     x = torch.randn(2, 3, 8, 64, 64)
-    src = _randomise(create_model("test_tsm", temporal_pool=True, shift_place=shift_place), x)
+    src = randomize(create_model("test_tsm", temporal_pool=True, shift_place=shift_place), x)
     sd = {}
     for k, v in src.state_dict().items():
         if k.startswith("fc."):

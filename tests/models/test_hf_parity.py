@@ -12,13 +12,6 @@ transformers = pytest.importorskip("transformers")
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, num_labels=5)
 
 
-def _randomise(model: torch.nn.Module) -> torch.nn.Module:
-    with torch.no_grad():  # every parameter random (HF may zero some at init; we want them all live)
-        for p in model.parameters():
-            p.normal_(0, 0.2)
-    return model.eval()
-
-
 def _compare(hf, ours, clip, logits_hf, features_hf=None):
     load_state_dict_strict(ours, convert_state_dict(ours, hf.state_dict()))
     ours.eval()
@@ -33,11 +26,11 @@ def _compare(hf, ours, clip, logits_hf, features_hf=None):
 @pytest.mark.parametrize(
     ("attention", "hf_type"), [("divided", "divided_space_time"), ("joint", "joint_space_time")]
 )
-def test_timesformer_matches_hf(attention, hf_type):
+def test_timesformer_matches_hf(randomize, attention, hf_type):
     cfg = transformers.TimesformerConfig(
         image_size=32, patch_size=8, num_frames=4, attention_type=hf_type, layer_norm_eps=1e-6, **TINY
     )
-    hf = _randomise(transformers.TimesformerForVideoClassification(cfg))
+    hf = randomize(transformers.TimesformerForVideoClassification(cfg))
     clip = torch.randn(2, 3, 4, 32, 32)  # (B, C, T, H, W); HF takes (B, T, C, H, W)
     with torch.no_grad():
         ref = hf(pixel_values=clip.transpose(1, 2)).logits
@@ -48,9 +41,9 @@ def test_timesformer_matches_hf(attention, hf_type):
     _compare(hf, ours, clip, ref, feats)
 
 
-def test_vivit_model1_matches_hf():
+def test_vivit_model1_matches_hf(randomize):
     cfg = transformers.VivitConfig(image_size=32, num_frames=4, tubelet_size=[2, 8, 8], **TINY)
-    hf = _randomise(transformers.VivitForVideoClassification(cfg))
+    hf = randomize(transformers.VivitForVideoClassification(cfg))
     clip = torch.randn(2, 3, 4, 32, 32)
     with torch.no_grad():
         ref = hf(pixel_values=clip.transpose(1, 2)).logits
@@ -59,11 +52,11 @@ def test_vivit_model1_matches_hf():
     _compare(hf, ours, clip, ref, feats)
 
 
-def test_videomae_matches_hf():
+def test_videomae_matches_hf(randomize):
     cfg = transformers.VideoMAEConfig(
         image_size=32, patch_size=8, num_frames=4, tubelet_size=2, layer_norm_eps=1e-6, **TINY
     )
-    hf = _randomise(transformers.VideoMAEForVideoClassification(cfg))
+    hf = randomize(transformers.VideoMAEForVideoClassification(cfg))
     clip = torch.randn(2, 3, 4, 32, 32)
     with torch.no_grad():
         ref = hf(pixel_values=clip.transpose(1, 2)).logits

@@ -17,27 +17,6 @@ from kinetix.models.recognizer2d import StreamingRecognizer
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _randomise(model, sample):
-    """Random weights, BN affine and statistics calibrated on ``sample`` (so that the logits depend on
-    the input and comparisons are not trivial)."""
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if p.dim() > 1:
-                p.copy_(torch.randn(p.shape, generator=g) * (2 / p[0].numel()) ** 0.5)
-            elif n.endswith("weight"):
-                p.copy_(torch.rand(p.shape, generator=g) + 0.5)
-            else:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.reset_running_stats()
-                m.momentum = None
-        model.train()
-        model(sample)
-    return model.eval()
-
-
 def _assert_same_model(dst, src, x):
     torch.testing.assert_close(dst(x), src(x))
     y, y2 = src(x), src(torch.randn_like(x))
@@ -108,9 +87,9 @@ def _reference_forward(model, clip, causal):
 
 
 @pytest.mark.parametrize("name,causal", [("tsm_mobilenetv2", False), ("tsm_mobilenetv2_online", True)])
-def test_residual_shift_matches_reference(name, causal):
+def test_residual_shift_matches_reference(randomize, name, causal):
     clip = torch.randn(2, 3, 8, 32, 32)
-    model = _randomise(create_model(name, num_classes=7), clip)
+    model = randomize(create_model(name, num_classes=7), clip)
     with torch.no_grad():
         ref = _reference_forward(model, clip, causal)
         fast = model(clip)  # in-place shift at inference
@@ -132,9 +111,9 @@ def test_residual_shift_matches_reference(name, causal):
         ("test_tsm_mobilenetv2_online", torch.float32, 1e-5),
     ],
 )
-def test_streaming_equals_causal_clip(name, dtype, tol):
+def test_streaming_equals_causal_clip(randomize, name, dtype, tol):
     clip = torch.randn(2, 3, 8, 64, 64, dtype=dtype)
-    model = _randomise(create_model(name, num_classes=7).to(dtype), clip)
+    model = randomize(create_model(name, num_classes=7).to(dtype), clip)
     with torch.no_grad():
         expected = model.forward_frames(clip)  # (B, T, K)
     stream = StreamingRecognizer(model)
@@ -202,9 +181,9 @@ def _fresh(name, **kw):
         ("tsm_mobilenetv2_online", "", False, "classifier"),  # online demo (mobilenetv2_jester_online)
     ],
 )
-def test_official_checkpoints_convert(name, prefix, shift, head, tmp_path):
+def test_official_checkpoints_convert(randomize, name, prefix, shift, head, tmp_path):
     clip = torch.randn(1, 3, 8, 32, 32)
-    src = _randomise(create_model(name, num_classes=27), clip)
+    src = randomize(create_model(name, num_classes=27), clip)
     sd = _official_state_dict(src, prefix, shift, head)
     sd = {k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")}  # pre-0.4.1 files have none
     dst = _fresh(name, num_classes=27)
@@ -246,11 +225,11 @@ def test_imagenet_weights_load_into_the_backbone(layout):
 
 
 @pytest.mark.slow
-def test_clip_model_exports_to_onnx(tmp_path):
+def test_clip_model_exports_to_onnx(randomize, tmp_path):
     """The offline MobileNetV2-TSM (in-place residual shift at inference) exports and matches in
     onnxruntime (the online model's step export is checked in tests/deploy/test_stream.py)."""
     pytest.importorskip("onnxruntime")
     clip = torch.randn(1, 3, 8, 64, 64)
-    model = _randomise(create_model("test_tsm_mobilenetv2"), clip)
+    model = randomize(create_model("test_tsm_mobilenetv2"), clip)
     res = export_onnx(model, tmp_path / "m.onnx")
     assert res.logit_scale > 0.1 and res.max_abs_diff <= 1e-4 * res.logit_scale
