@@ -595,8 +595,15 @@ def open_video(path: str | os.PathLike, **kwargs) -> VideoReader | FrameFolderRe
 # --------------------------------------------------------------------------- writing
 class VideoWriter:
     """Encode uint8 RGB ``(H, W, 3)`` (or grey ``(H, W)``) frames one at a time; the frame size is
-    taken from the first frame. Options as :func:`write_video`. Use as a context manager (or call
-    :meth:`close`) so the encoder is flushed and the file finalised."""
+    taken from the first frame. Use as a context manager (or call :meth:`close`) so the encoder is
+    flushed and the file finalised.
+
+    ``gop`` is the keyframe interval, ``crf``/``preset`` the usual x264 knobs, ``options`` any other
+    encoder options; ``rotation`` (degrees ccw) stores a display matrix, as phones do. Odd sizes
+    with 4:2:0 / 4:2:2 chroma get their last row / column repeated (H.264 needs even). One encoder
+    thread by default, for reproducible output (for byte-identical x264 files also pass
+    ``options={"x264-params": "mbtree=0"}``, as the synthetic datasets do).
+    """
 
     def __init__(
         self,
@@ -678,32 +685,15 @@ class VideoWriter:
 
 
 def write_video(
-    path: str | os.PathLike,
-    frames: np.ndarray | torch.Tensor,
-    fps: float = 30.0,
-    *,
-    codec: str = "libx264",
-    pix_fmt: str = "yuv420p",
-    gop: int | None = None,
-    crf: int | None = None,
-    preset: str | None = None,
-    options: dict[str, str] | None = None,
-    rotation: int = 0,
-    threads: int = 1,
+    path: str | os.PathLike, frames: np.ndarray | torch.Tensor, fps: float = 30.0, **writer_options
 ) -> Path:
-    """Encode uint8 frames ``(T, H, W, 3)`` RGB (or ``(T, H, W)`` grey) into a video file.
-
-    ``gop`` is the keyframe interval, ``crf``/``preset`` the usual x264 knobs, ``options`` any other
-    encoder options; ``rotation`` (degrees ccw) stores a display matrix, as phones do. Odd sizes
-    with 4:2:0 / 4:2:2 chroma get their last row / column repeated (H.264 needs even). One encoder
-    thread by default, for reproducible output (for byte-identical x264 files also pass
-    ``options={"x264-params": "mbtree=0"}``, as the synthetic datasets do).
-    """
+    """Encode uint8 frames ``(T, H, W, 3)`` RGB (or ``(T, H, W)`` grey) into a video file with a
+    :class:`VideoWriter`; ``writer_options`` are its keyword arguments (``codec``, ``pix_fmt``,
+    ``gop``, ``crf``, ``preset``, ``options``, ``rotation``, ``threads``)."""
     arr = frames.numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
     if arr.dtype != np.uint8 or arr.ndim not in (3, 4) or (arr.ndim == 4 and arr.shape[-1] != 3):
         raise ValueError(f"frames must be uint8 (T, H, W, 3) or (T, H, W), got {arr.dtype} {arr.shape}")
-    kw = dict(codec=codec, pix_fmt=pix_fmt, gop=gop, crf=crf, preset=preset, options=options)
-    with VideoWriter(path, fps, rotation=rotation, threads=threads, **kw) as writer:
+    with VideoWriter(path, fps, **writer_options) as writer:
         for t in range(arr.shape[0]):
             writer.write(arr[t])
     return Path(path)
