@@ -31,6 +31,7 @@ from functools import partial
 import torch
 import torch.nn as nn
 
+from kinetix.errors import CheckpointError
 from kinetix.layers.patch_embed import PatchEmbed
 from kinetix.layers.pos_embed import resize_pos_embed, resize_time_embed
 from kinetix.layers.spacetime import SpaceTimeBlock
@@ -195,6 +196,11 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: TimeSformer
     if "pos_embed" in sd and sd["pos_embed"].shape != own["pos_embed"].shape:
         n = sd["pos_embed"].shape[1] - 1
         side = round(n**0.5)
+        if side * side != n:
+            raise CheckpointError(
+                f"pos_embed {tuple(sd['pos_embed'].shape)}: {n} patch positions are no square grid (a "
+                "TimeSformer holds the CLS token and one position per patch of one frame)"
+            )
         sd["pos_embed"] = resize_pos_embed(sd["pos_embed"], (side, side), model.grid[1:], 1, mode="nearest")
     if "time_embed" in sd:
         if "time_embed" not in own:  # divided/joint checkpoint into a space-only model

@@ -232,3 +232,12 @@ def test_scenic_checkpoint_of_another_vivit_model_names_the_model_it_is(given, m
         _assert_actionable(msg, src, "test_vivit")
         assert f"a scenic ViViT Model {given}" in msg and f"model is ViViT Model {model_no}" in msg, msg
         assert f"vivit_base_m{given}" in msg, msg
+
+
+def test_timesformer_names_a_pos_embed_of_another_token_layout(tmp_path):
+    """ViViT Model 1 weights share TimeSformer's names, but their pos_embed spans all frames."""
+    src = tmp_path / "vivit.pth"
+    torch.save(create_model("test_vivit").state_dict(), src)
+    for msg in _refusals("test_timesformer", {}, src, tmp_path):
+        _assert_actionable(msg, src, "test_timesformer")
+        assert "pos_embed (1, 33, 32): 32 patch positions are no square grid" in msg, msg
