@@ -2,6 +2,7 @@
 bad-sample counts of a resumed run in its manifests, and evaluation reports written whole or not at
 all (never a mix of two evaluations)."""
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -15,7 +16,9 @@ from kinetix.config import load_config
 from kinetix.engine import run
 from kinetix.engine.checkpoint import list_checkpoints, read_manifest
 from kinetix.engine.datamodule import ResumableSampler
+from kinetix.engine.metrics import ClassificationMeter
 from kinetix.errors import DatasetError
+from kinetix.utils.state_dict import atomic_paths
 
 
 @pytest.fixture(scope="module")
@@ -90,3 +93,48 @@ def test_resumed_run_keeps_its_bad_sample_count(tmp_path, data_dir):
     assert again == ckpts  # step-2 and step-3 rewritten by the resumed run
     assert [(c / "manifest.json").stat().st_ino != i for c, i in zip(again, inodes)] == [False, True, True]
     assert [read_manifest(c)["bad_samples"] for c in again] == [{"train": 1}] * 3
+
+
+def test_atomic_paths_replace_all_files_or_none(tmp_path):
+    files = [tmp_path / n for n in ("summary.json", "rows.csv", "new.txt")]
+    files[0].write_text("old summary")
+    files[1].write_text("old rows")
+    with pytest.raises(OSError, match="disk full"), atomic_paths(*files) as tmps:
+        tmps[1].write_text("new rows")
+        tmps[0].write_text("new summary")
+        raise OSError("disk full")  # before the last file is written
+    assert [f.read_text() for f in files[:2]] == ["old summary", "old rows"] and not files[2].exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.csv", "summary.json"]  # no temporary left
+    with atomic_paths(*files) as tmps:
+        for t, text in zip(tmps, ("a", "b", "c")):
+            t.write_text(text)
+    assert [f.read_text() for f in files] == ["a", "b", "c"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new.txt", "rows.csv", "summary.json"]
+
+
+def test_failed_evaluation_leaves_the_previous_reports_whole(tmp_path, data_dir, monkeypatch):
+    """A second `kinetix test` into the same folder that fails while writing its reports (here: the
+    confusion plot) leaves every report of the first evaluation as it was, none of its own."""
+    cfg = _cfg(tmp_path, data_dir, ["train.epochs=1"])
+    ckpt = run.fit(cfg)["checkpoint"]
+    out = tmp_path / "eval"
+    first = run.test(cfg, ckpt, out)
+    reports = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert set(reports) == {"metrics.json", "per_class.csv", "confusion.png", "predictions.jsonl"}
+    assert json.loads(reports["metrics.json"])["count"] == first["count"] == 6
+    fewer = tmp_path / "three.txt"  # another evaluation: other counts in every report
+    fewer.write_text(
+        "".join(f"{data_dir / ln}\n" for ln in (data_dir / "val.txt").read_text().splitlines()[:3])
+    )
+
+    def broken_plot(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(ClassificationMeter, "plot_confusion", broken_plot)
+    with pytest.raises(OSError, match="No space"):
+        run.test(_cfg(tmp_path, data_dir, ["train.epochs=1", f"data.test_ann={fewer}"]), ckpt, out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == reports
+    monkeypatch.undo()
+    second = run.test(_cfg(tmp_path, data_dir, ["train.epochs=1", f"data.test_ann={fewer}"]), ckpt, out)
+    assert second["count"] == 3 and json.loads((out / "metrics.json").read_text())["count"] == 3
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == 3
