@@ -71,8 +71,9 @@ def _examples(keys, n=4) -> str:
     return ", ".join(picked) + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
 
 
-def _saved_for(source) -> str:
-    """' (it holds kinetix weights saved for model X)' when ``source`` is a kinetix safetensors file."""
+def _saved_for(source, model: nn.Module) -> str:
+    """'; the file holds kinetix weights saved for model X: ...' when ``source`` is a kinetix
+    safetensors file of another model than ``model``."""
     path = Path(str(source))
     if path.suffix != ".safetensors" or not path.is_file():
         return ""
@@ -80,18 +81,18 @@ def _saved_for(source) -> str:
         name = read_safetensors_metadata(path).get("kinetix_model")
     except CheckpointError:
         return ""
-    return (
-        f"; the file holds kinetix weights saved for model {name!r}: load it with that model" if name else ""
-    )
+    if not name or name == getattr(model, "model_name", None):
+        return ""
+    return f"; the file holds kinetix weights saved for model {name!r}: load it with that model"
 
 
-def mismatch_message(model: nn.Module, state_dict, source, reason: str) -> str:
+def _mismatch_message(model: nn.Module, state_dict, source, reason: str) -> str:
     """The one message for a checkpoint ``model`` cannot take: the file, why, what the model's
     converter reads (with example keys of both sides) and the fix."""
     return (
         f"{source}: not a checkpoint {_model_name(model)} can load: {reason.rstrip('. ')}. "
         f"Expected {_formats(model)}: keys like {_examples(model.state_dict())}; "
-        f"got keys like {_examples(state_dict)}. {_FIX}{_saved_for(source)}."
+        f"got keys like {_examples(state_dict)}. {_FIX}{_saved_for(source, model)}."
     )
 
 
@@ -142,7 +143,7 @@ def load_state_dict_strict(model: nn.Module, state_dict: dict[str, torch.Tensor]
         raise CheckpointError(
             f"{source or 'checkpoint'} does not fit {_model_name(model)}: "
             + "; ".join(parts)
-            + f". It reads {_formats(model)}. {_FIX}{_saved_for(source)}."
+            + f". It reads {_formats(model)}. {_FIX}{_saved_for(source, model)}."
         )
     bad = [
         k
@@ -186,14 +187,14 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
 def _converted(model: nn.Module, sd: dict[str, torch.Tensor], path) -> dict[str, torch.Tensor]:
     """``convert_state_dict``; whatever its filter raises on ``sd`` (its own refusal, or a bare
     ``KeyError``/shape error on a layout it does not know) becomes one :class:`CheckpointError`
-    naming the file, the model, the layouts it reads and the fix (:func:`mismatch_message`)."""
+    naming the file, the model, the layouts it reads and the fix (:func:`_mismatch_message`)."""
     try:
         return convert_state_dict(model, sd)
     except CheckpointError as e:
         reason = str(e).removeprefix(f"{path}: ").removeprefix("state dict: ")
     except _FILTER_ERRORS as e:
         reason = f"its converter cannot read this layout ({type(e).__name__}: {e})"
-    raise CheckpointError(mismatch_message(model, sd, path, reason)) from None
+    raise CheckpointError(_mismatch_message(model, sd, path, reason)) from None
 
 
 def load_pretrained(model: nn.Module, cfg: PretrainedCfg) -> nn.Module:
@@ -300,9 +301,11 @@ def conversion_report(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> 
 def convert_with_report(
     model: nn.Module, src: str | Path, out: str | Path, *, allow_partial: bool = False
 ) -> tuple[Path, ConversionReport]:
-    """Convert a foreign checkpoint for ``model``: it must provide every model tensor (else
-    :class:`CheckpointError` listing the missing ones, unless ``allow_partial``), load strictly,
-    and is then written as safetensors. Returns the path and the :class:`ConversionReport`."""
+    """Convert a foreign checkpoint for ``model``: its conversion must load strictly (into
+    ``model``) and provide every model tensor (else :class:`CheckpointError` listing the missing
+    ones, unless ``allow_partial``); it is then written as safetensors. A file of which nothing but
+    a classifier maps onto the model is another model's checkpoint, refused whatever
+    ``allow_partial`` says. Returns the path and the :class:`ConversionReport`."""
     sd = read_state_dict(src)
     bad = [
         k
@@ -319,7 +322,7 @@ def convert_with_report(
     if not set(model.state_dict()) - set(report.missing) - _classifier_keys(model):
         # nothing (or only a classifier) of the model comes from the file: another model's checkpoint
         raise CheckpointError(
-            mismatch_message(
+            _mismatch_message(
                 model, sd, src, f"{report.loaded} of its {report.total} tensors come from the file"
             )
         )

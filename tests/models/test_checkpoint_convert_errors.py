@@ -16,9 +16,9 @@ from test_vivit import _flatten, _scenic_tree
 
 from kinetix.cli.main import main as cli_main
 from kinetix.errors import CheckpointError
-from kinetix.models import convert_checkpoint, create_model, list_models
+from kinetix.models import convert_checkpoint, create_model, list_models, save_model_weights
 from kinetix.models._registry import _REGISTRY
-from kinetix.utils.state_dict import save_safetensors
+from kinetix.utils.state_dict import read_state_dict, save_safetensors
 
 # the tiny variant of every family (any new ``test_*`` model is picked up), ViViT Models 2-4 too
 TINY = [(n, {}) for n in list_models("test_*") if _REGISTRY[n].module.startswith("kinetix.")] + [
@@ -241,3 +241,15 @@ def test_timesformer_names_a_pos_embed_of_another_token_layout(tmp_path):
     for msg in _refusals("test_timesformer", {}, src, tmp_path):
         _assert_actionable(msg, src, "test_timesformer")
         assert "pos_embed (1, 33, 32): 32 patch positions are no square grid" in msg, msg
+
+
+def test_kinetix_weights_of_another_model_name_that_model(tmp_path):
+    src = save_model_weights(create_model("test_tsn"), tmp_path / "tsn.safetensors")
+    for msg in _refusals("test_vivit", {}, src, tmp_path):
+        _assert_actionable(msg, src, "test_vivit")
+        assert "saved for model 'test_tsn': load it with that model" in msg, msg
+    own = save_model_weights(create_model("test_tsn"), tmp_path / "own.safetensors")
+    cut = tmp_path / "cut.safetensors"  # its own model's weights, cut short: no such hint
+    save_safetensors(dict(list(read_state_dict(own).items())[:10]), cut, {"kinetix_model": "test_tsn"})
+    for msg in _refusals("test_tsn", {}, cut, tmp_path):
+        assert "missing keys" in msg and "saved for model" not in msg, msg
