@@ -201,6 +201,8 @@ def test_rollout_equals_brute_force_product_divided_timesformer():
         ("test_tsm", {}),
         ("test_sifa", {}),
         ("test_sifa_swin", {"sifa_offsets": "learned"}),
+        ("test_gsm_inceptionv3", {}),
+        ("test_swin", {}),
         ("test_timesformer", {}),
         ("test_vivit", {"model": 2}),
         ("test_videomae", {}),
