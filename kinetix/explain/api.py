@@ -46,7 +46,7 @@ from kinetix.models.videomae import VideoMAE
 from kinetix.models.vivit import ViViT
 
 from . import attention as attn_maps
-from .gradcam import gradcam, gradcam_layers
+from .gradcam import POOL_INPUT, gradcam, gradcam_layers
 from .offsets import offset_blocks, offset_field
 from .render import blend, colourise, flow_colours, grid_image, label_frames, save_png, upscale
 
@@ -142,7 +142,11 @@ def explain_clip(model: nn.Module, clip: torch.Tensor, method: str, target=None)
     x = clip[None]
     if method == "gradcam":
         cam, logits, layers = gradcam(model, x, target)
-        return {"Grad-CAM": cam[0]}, {}, logits[0], f"Grad-CAM on {' + '.join(layers)}, per frame"
+        where = " + ".join(layers) + (
+            " (the global pool's input)" if layers[0] in POOL_INPUT.values() else ""
+        )
+        step = "frame" if cam.shape[1] == clip.shape[1] else f"{clip.shape[1] // cam.shape[1]}-frame step"
+        return {"Grad-CAM": cam[0]}, {}, logits[0], f"Grad-CAM on {where}, per {step}"
     if method in ("attention", "rollout"):
         logits, log, grid = attn_maps.record(model, x)
         cls = attn_maps.has_cls(model)
