@@ -79,15 +79,73 @@ def test_onednn_sdpa_equals_sdpa(B, H, L, S, monkeypatch):
     assert torch.allclose(out, ref, atol=1e-6, rtol=1e-5)
 
 
-def test_onednn_sdpa_applies_only_to_long_fp32_cpu_inference():
+def test_onednn_sdpa_applies_only_to_long_cpu_inference():
     long, short = torch.randn(1, 2, 400, 8), torch.randn(1, 2, 100, 8)
     with torch.no_grad():
         assert onednn_sdpa_applies(long, long) == inference_module._MKLDNN
         assert not onednn_sdpa_applies(short, short)  # torch's fused kernel is faster there
-        assert not onednn_sdpa_applies(long.bfloat16(), long.bfloat16())
-        with torch.autocast("cpu", torch.bfloat16):
-            assert not onednn_sdpa_applies(long, long)
+        assert onednn_sdpa_applies(long.bfloat16(), long.bfloat16()) == inference_module._BF16
+        assert not onednn_sdpa_applies(long.half(), long.half())
     assert not onednn_sdpa_applies(long.requires_grad_(), long)  # autograd: SDPA
+
+
+@pytest.mark.skipif(not inference_module._BF16, reason="needs oneDNN bf16")
+def test_onednn_sdpa_bf16_is_as_close_to_fp32_as_torchs_kernel():
+    """bf16 q/k/v (what a bf16 linear gives under autocast) attended in fp32, a bf16 output: no
+    further from the fp32 result than torch's fused bf16 kernel."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 400, 16, generator=g) for _ in range(3))
+    with torch.inference_mode():
+        exact = F.scaled_dot_product_attention(q, k, v)
+        hq, hk, hv = q.bfloat16(), k.bfloat16(), v.bfloat16()
+        ours, torchs = onednn_sdpa(hq, hk, hv, 16**-0.5), F.scaled_dot_product_attention(hq, hk, hv)
+    assert ours.dtype == torch.bfloat16
+    err, ref_err = (ours.float() - exact).abs(), (torchs.float() - exact).abs()
+    assert err.mean() <= ref_err.mean()  # the max is set by the inputs' own bf16 rounding
+    assert err.max() <= 1.25 * ref_err.max()
+
+
+@pytest.mark.skipif(not inference_module._BF16, reason="needs oneDNN bf16")
+@pytest.mark.parametrize("gelu", [None, "none"])
+def test_fast_linear_runs_bf16_gemm_under_autocast(gelu):
+    """Inside CPU bf16 autocast: a bf16 GEMM with a bf16 packed weight, bf16 out (as autocast's
+    F.linear), within bf16 rounding of it; the packed copy follows weight updates."""
+    lin = nn.Linear(64, 48)
+    fast = FastLinear(lin, gelu)
+    x = torch.randn(5, 64)
+    act = (lambda y: y) if gelu is None else (lambda y: F.gelu(y, approximate=gelu))
+    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16):
+        assert fast.compute_dtype(x) == torch.bfloat16
+        out, ref = fast(x), act(F.linear(x, lin.weight, lin.bias))
+        assert out.dtype == ref.dtype == torch.bfloat16
+        assert torch.allclose(out.float(), ref.float(), atol=3e-2, rtol=2e-2)
+    with torch.no_grad():
+        lin.weight.mul_(-1)
+    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16):
+        ref2 = act(F.linear(x, lin.weight, lin.bias))
+        assert torch.allclose(fast(x).float(), ref2.float(), atol=3e-2, rtol=2e-2)
+    with torch.autocast("cpu", torch.bfloat16):
+        assert fast.compute_dtype(x.requires_grad_()) is None  # autograd: autocast's F.linear
+
+
+@pytest.mark.skipif(not inference_module._BF16, reason="needs oneDNN bf16")
+def test_auto_under_autocast_accepts_bf16_paths_no_worse_than_eager(randomize, monkeypatch):
+    """Under bf16 autocast the oneDNN copy is compared with the fp32 output (tolerance: eager's own
+    bf16 error), chosen separately from fp32, and its attention and GEMMs run in bf16."""
+    monkeypatch.setattr(inference_module, "_SDPA_MIN_KEYS", 1)
+    model = randomize(create_model("test_videomae"))
+    opt = fast_inference(model)
+    x = _clip(model)
+    with torch.inference_mode():
+        exact = model(x)
+        opt(x)
+        with torch.autocast("cpu", torch.bfloat16):
+            eager_bf16 = model(x)
+            out = opt(x)
+    sig = (tuple(x.shape), x.dtype, torch.bfloat16)
+    assert set(opt.timings[sig]) == {"eager", "onednn"}  # the bf16 oneDNN copy passed the check
+    assert len(opt.chosen) == 2  # fp32 and bf16 chosen separately
+    assert (out.float() - exact).abs().max() <= 2 * (eager_bf16.float() - exact).abs().max()
 
 
 @pytest.mark.skipif(not inference_module._MKLDNN, reason="needs oneDNN")
@@ -140,7 +198,7 @@ def test_inference_model_auto_measures_and_keeps_the_model_trainable(randomize):
     with torch.no_grad():
         out = opt(x)
         ref = model(x)
-    sig = (tuple(x.shape), x.dtype)
+    sig = (tuple(x.shape), x.dtype, None)  # no autocast
     assert opt.chosen[sig] in ("eager", "onednn")
     assert set(opt.timings[sig]) == {"eager", "onednn"}  # both matched eager and were timed
     assert (out - ref).abs().max() <= RTOL * ref.abs().max()
@@ -174,7 +232,7 @@ def test_onnxruntime_backend_auto_and_dynamic_batch(randomize):
     model = randomize(create_model("test_tsn"))
     x = _clip(model, 1)
     opt = optimize_for_inference(model, example=x, include_onnxruntime=True)
-    assert set(opt.timings[(tuple(x.shape), x.dtype)]) == {"eager", "onednn", "onnxruntime"}
+    assert set(opt.timings[(tuple(x.shape), x.dtype, None)]) == {"eager", "onednn", "onnxruntime"}
     ort = opt.candidate("onnxruntime", x)
     with torch.no_grad():
         for b in (1, 3):
