@@ -79,6 +79,8 @@ def split_at_pool(model: nn.Module, clip: torch.Tensor):
 
 @dataclass
 class _Call:
+    """One module call seen by a forward hook: its first tensor input and its tensor output."""
+
     name: str
     input: torch.Tensor | None
     output: torch.Tensor | None
@@ -86,6 +88,8 @@ class _Call:
 
 @dataclass
 class _Target:
+    """A Grad-CAM target: the tensors whose maps are summed, under the names reported."""
+
     names: tuple[str, ...]
     acts: list[torch.Tensor]  # what the gradients are taken with respect to
     grid: tuple[int, int] | None = None  # tokens (N, h*w, K) -> maps (N, K, h, w)
@@ -96,6 +100,7 @@ class _Target:
 
 
 def _tensor(x):
+    """The first tensor of a hook's ``inputs`` tuple (or the value itself), else None."""
     if isinstance(x, tuple | list):
         x = x[0] if x else None
     return x if isinstance(x, torch.Tensor) else None
