@@ -173,7 +173,8 @@ class _RobustDataset(Dataset):
     once in ``bad_samples`` and logged, and :class:`~kinetix.errors.DatasetError` is raised as
     soon as the distinct bad samples exceed ``max_bad_fraction`` of the set — an exact bound: this
     process alone has seen that many. Counts are per process (each DataLoader worker keeps its
-    own); the engine adds up the batches' ``bad_indices`` to check the whole set across workers.
+    own); the engine adds up the batches' ``bad_indices`` to check the whole set across workers
+    and DDP ranks (:mod:`kinetix.engine.badsamples`).
     """
 
     def __init__(self, max_bad_fraction: float, seed: int, substitute: bool = True):

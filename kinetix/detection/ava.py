@@ -37,6 +37,7 @@ import numpy as np
 
 from kinetix.data.annotations import parse_exclusions, parse_label_map, read_ava_rows
 from kinetix.errors import ConfigError
+from kinetix.utils.state_dict import atomic_path
 
 # The 60 classes of the AVA v2.x ActivityNet challenge (those with >= 25 validation instances).
 AVA_60_CLASSES = (
@@ -213,8 +214,8 @@ def evaluate(
 
 
 def write_csv(path: str | Path, rows) -> None:
-    """Write detection rows ``(video_id, timestamp, x1, y1, x2, y2, action_id, score)``."""
-    with open(path, "w", newline="") as f:
+    """Write detection rows ``(video_id, timestamp, x1, y1, x2, y2, action_id, score)`` (atomically)."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         for vid, ts, x1, y1, x2, y2, a, s in rows:
             w.writerow(

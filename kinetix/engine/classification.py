@@ -20,6 +20,7 @@ from kinetix.data.transforms import train_transform
 from kinetix.data.views import decode_short_side, load_test_views, test_view_transform
 from kinetix.errors import CheckpointError, ConfigError, DatasetError, KinetixError
 from kinetix.utils.inference import fast_inference
+from kinetix.utils.state_dict import atomic_paths
 
 from .badsamples import BadSampleTracker
 from .checkpoint import read_manifest
@@ -190,23 +191,25 @@ def evaluate(cfg, checkpoint, out_dir, *, trainer_kwargs=None, inference=fast_in
         report_dir=str(out_dir),
         inference=scored.used() if hasattr(scored, "used") else [type(scored).__name__],
     )
-    if trainer.is_global_zero:
-        meter.write_per_class_csv(out_dir / "per_class.csv", module.class_names)
-        meter.plot_confusion(
-            out_dir / "confusion.png",
-            module.class_names,
-            f"{cfg.model.name}{' (time-reversed)' if cfg.eval.reverse_frames else ''}",
-        )
-        (out_dir / "metrics.json").write_text(json.dumps(res, indent=2) + "\n")
-        lines = [
-            json.dumps({
-                "video": dm.test_set._sample_path(int(i)),
-                "label": int(dm.test_set.samples[int(i)].label),
-                "top": top_classes(s, module.class_names, 5),
-            })
-            for i, s in zip(module.test_index, module.test_scores)
-        ]  # fmt: skip
-        (out_dir / "predictions.jsonl").write_text("".join(line + "\n" for line in lines))
+    if trainer.is_global_zero:  # all reports replaced together, or none (never two runs' mix)
+        names = ("metrics.json", "per_class.csv", "confusion.png", "predictions.jsonl")
+        with atomic_paths(*(out_dir / n for n in names)) as (metrics, per_class, confusion, predictions):
+            meter.write_per_class_csv(per_class, module.class_names)
+            meter.plot_confusion(
+                confusion,
+                module.class_names,
+                f"{cfg.model.name}{' (time-reversed)' if cfg.eval.reverse_frames else ''}",
+            )
+            lines = [
+                json.dumps({
+                    "video": dm.test_set._sample_path(int(i)),
+                    "label": int(dm.test_set.samples[int(i)].label),
+                    "top": top_classes(s, module.class_names, 5),
+                })
+                for i, s in zip(module.test_index, module.test_scores)
+            ]  # fmt: skip
+            predictions.write_text("".join(line + "\n" for line in lines))
+            metrics.write_text(json.dumps(res, indent=2) + "\n")
     res["meter"] = meter
     return res
 

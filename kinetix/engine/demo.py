@@ -40,7 +40,7 @@ import kinetix
 from kinetix.config import config_from_dict
 from kinetix.data.synthetic import generate_temporal
 from kinetix.errors import ConfigError
-from kinetix.utils.state_dict import atomic_path
+from kinetix.utils.state_dict import atomic_path, atomic_paths
 
 from .run import fit, test
 
@@ -249,9 +249,11 @@ def run_demo(
     report["explain"] = pictures
     report["seconds"]["explain"] = round(t_explain, 1)
     _plots(out, results, curves)
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "report.md").write_text(_markdown(report))
-    (out / "report.html").write_text(_html(report), encoding="utf-8")
+    names = ("report.json", "report.md", "report.html")
+    with atomic_paths(*(out / n for n in names)) as (as_json, as_md, as_html):  # together or none
+        as_md.write_text(_markdown(report))
+        as_html.write_text(_html(report), encoding="utf-8")
+        as_json.write_text(json.dumps(report, indent=2) + "\n")
     log("")
     log(summary_table(report))
     return report

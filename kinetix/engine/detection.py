@@ -36,6 +36,7 @@ from kinetix.data.sampling import keyframe_indices
 from kinetix.data.transforms import detection_transform
 from kinetix.detection import ava
 from kinetix.errors import ConfigError, DatasetError
+from kinetix.utils.state_dict import atomic_paths
 
 from .badsamples import BadSampleTracker
 from .datamodule import VideoDataModule, fingerprint_files, resolve_data_settings
@@ -249,25 +250,30 @@ def evaluate(cfg, checkpoint, out_dir, *, trainer_kwargs=None, inference=None) -
     trainer = build_trainer(cfg, out_dir, stage="test", **kwargs)
     trainer.test(module, datamodule=dm, verbose=False)
     rows = [(vid, ts, *box, a, s) for (vid, ts), items in sorted(module._det.items()) for box, a, s in items]
-    ava.write_csv(out_dir / "predictions.csv", rows)
     ann = resolve_path(cfg, cfg.data.test_ann or cfg.data.val_ann, "data.test_ann")
     labels = {c: module.label_map[c] for c in module.eval_ids}
     exclusions = resolve_path(cfg, ex["exclusions"], "extra.exclusions")
     skipped = sorted(tracker.bad["test"])
-    if skipped:  # keyframes whose clip is unreadable are left out of the evaluation, not scored as misses
-        keys = {(k.video_id, int(k.timestamp)) for k in (dm.test_set.keyframes[i] for i in skipped)}
-        keys |= ava.read_exclusions(exclusions) if exclusions else set()
-        exclusions = out_dir / "excluded_unreadable.csv"
-        exclusions.write_text("".join(f"{v},{t}\n" for v, t in sorted(keys)))
-    res = ava.evaluate(
-        ann, out_dir / "predictions.csv", labels, exclusions=exclusions,
-        protocol=ex["protocol"], capacity=ex["capacity"],
-    )  # fmt: skip
-    res.update(protocol=ex["protocol"], checkpoint=str(checkpoint), report_dir=str(out_dir))
-    res.update(skipped=len(skipped), skipped_videos=sorted(set(tracker.paths(trainer, "test"))))
-    lines = ["class_id,name,ap"] + [f"{c},{name},{ap:.4f}" for c, (name, ap) in res["per_class"].items()]
-    (out_dir / "per_class.csv").write_text("\n".join(lines) + "\n")
-    (out_dir / "metrics.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
+    names = ["metrics.json", "per_class.csv", "predictions.csv"] + ["excluded_unreadable.csv"] * bool(skipped)
+    # all reports replaced together, or none (never two runs' mix); the predictions are scored
+    # from their temporary file
+    with atomic_paths(*(out_dir / n for n in names)) as (metrics, per_class, predictions, *excluded):
+        ava.write_csv(predictions, rows)
+        if skipped:  # keyframes whose clip is unreadable are left out of the evaluation, not scored as misses
+            keys = {(k.video_id, int(k.timestamp)) for k in (dm.test_set.keyframes[i] for i in skipped)}
+            keys |= ava.read_exclusions(exclusions) if exclusions else set()
+            exclusions = excluded[0]
+            exclusions.write_text("".join(f"{v},{t}\n" for v, t in sorted(keys)))
+        res = ava.evaluate(
+            ann, predictions, labels, exclusions=exclusions, protocol=ex["protocol"], capacity=ex["capacity"]
+        )
+        res.update(protocol=ex["protocol"], checkpoint=str(checkpoint), report_dir=str(out_dir))
+        res.update(skipped=len(skipped), skipped_videos=sorted(set(tracker.paths(trainer, "test"))))
+        lines = ["class_id,name,ap"] + [f"{c},{name},{ap:.4f}" for c, (name, ap) in res["per_class"].items()]
+        per_class.write_text("\n".join(lines) + "\n")
+        metrics.write_text(json.dumps(res, indent=2, default=str) + "\n")
+    if not skipped:  # an earlier evaluation's list of unreadable keyframes is not this one's
+        (out_dir / "excluded_unreadable.csv").unlink(missing_ok=True)
     return res
 
 

@@ -14,11 +14,13 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch import Callback
 
 from kinetix.config import config_from_dict, config_to_dict, config_to_yaml
 from kinetix.errors import CheckpointError, ConfigError
 from kinetix.models import create_model
 from kinetix.utils.inference import fast_inference
+from kinetix.utils.state_dict import atomic_path
 
 from . import classification, detection
 from .badsamples import BadSampleTracker
@@ -104,10 +106,15 @@ def _fit(cfg, resume, callbacks, **trainer_overrides) -> dict:
     if start or shrink:  # ahead of the user's callbacks
         callbacks = [KeepRateSchedule(start, shrink), *callbacks]
     tracker = BadSampleTracker(cfg.data.max_bad_fraction)
-    trainer = build_trainer(cfg, run_dir, "fit", [saver, tracker, *callbacks], **trainer_overrides)
-    if trainer.is_global_zero:
-        name = "config.yaml" if ckpt is None else f"config-resume-{ckpt.name}.yaml"
-        (run_dir / name).write_text(config_to_yaml(cfg))
+    run_files = [saver, tracker]
+    if ckpt is not None:  # written with the resumed run's first checkpoint, not before
+        run_files.append(
+            WriteWithFirstCheckpoint(run_dir / f"config-resume-{ckpt.name}.yaml", config_to_yaml(cfg))
+        )
+    trainer = build_trainer(cfg, run_dir, "fit", [*run_files, *callbacks], **trainer_overrides)
+    if ckpt is None and trainer.is_global_zero:
+        with atomic_path(run_dir / "config.yaml") as tmp:
+            tmp.write_text(config_to_yaml(cfg))
     trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     best = ckpt_dir / "best"
@@ -120,6 +127,25 @@ def _fit(cfg, resume, callbacks, **trainer_overrides) -> dict:
         "module": module,
         "trainer": trainer,
     }
+
+
+class WriteWithFirstCheckpoint(Callback):
+    """Write ``text`` to ``path`` (atomically, on global rank 0) when the run saves its first
+    checkpoint. A resume records the config it continues with this way: a resume that fails before
+    it has saved anything (an unreadable dataset, a setting that breaks the first step) leaves the
+    run folder as it was, with no file claiming that it happened."""
+
+    def __init__(self, path: Path, text: str):
+        self.path, self.text = Path(path), text
+        self.written = False
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        if self.written:
+            return
+        if trainer.is_global_zero:
+            with atomic_path(self.path) as tmp:
+                tmp.write_text(self.text)
+        self.written = True
 
 
 def saved_config(checkpoint: str | Path):

@@ -161,6 +161,15 @@ def atomic_path(path: str | Path):
             os.unlink(tmp)
 
 
+@contextlib.contextmanager
+def atomic_paths(*paths: str | Path):
+    """:func:`atomic_path` for files that belong together (an evaluation's reports): yields one
+    temporary path per file; on success every file is replaced, the first named last (name a summary
+    first: once it is new, so is everything else), on an error none is. Never a mix of two runs."""
+    with contextlib.ExitStack() as stack:  # exits in reverse order
+        yield [stack.enter_context(atomic_path(p)) for p in paths]
+
+
 def save_safetensors(
     tensors: Mapping[str, torch.Tensor], path: str | Path, metadata: Mapping | None = None
 ) -> Path:

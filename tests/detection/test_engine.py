@@ -30,12 +30,20 @@ def _cfg(synth, tmp_path, **extra):
     })  # fmt: skip
 
 
-def test_train_evaluate_detect(synth, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def trained(synth, tmp_path_factory):
+    """A detector trained for 2 steps on ``synth``: (config, fit result)."""
+    from kinetix.engine import run
+
+    cfg = _cfg(synth, tmp_path_factory.mktemp("det_run"))
+    return cfg, run.fit(cfg, max_steps=2)
+
+
+def test_train_evaluate_detect(synth, trained, tmp_path, capsys):
     from kinetix.cli.main import main
     from kinetix.engine import run
 
-    cfg = _cfg(synth, tmp_path)
-    res = run.fit(cfg, max_steps=2)
+    cfg, res = trained
     assert res["checkpoint"] is not None and "val/mAP" in res["metrics"]
     metrics = run.test(cfg, res["checkpoint"], tmp_path / "eval")
     assert 0.0 <= metrics["mAP"] <= 100.0 and set(metrics["per_class"]) == {1, 2, 3, 4, 5}
@@ -96,3 +104,39 @@ def test_bad_detection_config(synth, tmp_path):
     cfg.extra["label_map"] = "annotations/missing.pbtxt"
     with pytest.raises(ConfigError, match=r"missing\.pbtxt"):
         detection.build(cfg)
+
+
+def test_evaluation_reports_with_unreadable_video_are_one_set(synth, trained, tmp_path, monkeypatch):
+    """Keyframes of an unreadable video are skipped and listed (`excluded_unreadable.csv`); the
+    next evaluation into the folder replaces every report, that list included, or, failing, none."""
+    import shutil
+
+    from kinetix.engine import run
+
+    data = tmp_path / "data"
+    shutil.copytree(synth, data)
+    video = data / "videos" / "d00001.mp4"
+    good = video.read_bytes()
+    video.write_bytes(good[: len(good) // 3])  # cut off: unreadable
+    cfg, ckpt = _cfg(data, tmp_path), trained[1]["checkpoint"]
+    cfg.data.test_ann, cfg.data.max_bad_fraction = "annotations/train.csv", 0.6
+    out = tmp_path / "eval"
+    first = run.test(cfg, ckpt, out)
+    assert first["skipped"] == 2 and first["skipped_videos"] == [str(video)]
+    assert (out / "excluded_unreadable.csv").read_text() == "d00001,1\nd00001,2\n"
+    assert {r[0] for r in ava.read_csv(out / "predictions.csv", with_scores=True)} == {"d00000"}
+    video.write_bytes(good)  # readable again: this evaluation skips nothing
+    reports = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def broken(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(ava, "evaluate", broken)
+    with pytest.raises(OSError, match="No space"):
+        run.test(cfg, ckpt, out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == reports  # the first set, whole
+    monkeypatch.undo()
+    second = run.test(cfg, ckpt, out)
+    assert second["skipped"] == 0 and json.loads((out / "metrics.json").read_text())["skipped"] == 0
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "per_class.csv", "predictions.csv"]
+    assert {r[0] for r in ava.read_csv(out / "predictions.csv", with_scores=True)} == {"d00000", "d00001"}

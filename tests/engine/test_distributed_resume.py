@@ -1,5 +1,6 @@
-"""Subprocess tests: a real 2-process DDP fit on CPU (gloo), and a run killed with SIGKILL
-mid-epoch then resumed, which must end with exactly the weights of an uninterrupted run."""
+"""Subprocess tests: a real 2-process DDP fit on CPU (gloo), one on a dataset with unreadable files
+spread over both ranks, and a run killed with SIGKILL mid-epoch then resumed, which must end with
+exactly the weights of an uninterrupted run."""
 
 import json
 import os
@@ -14,6 +15,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import tiny
+
+from kinetix.engine.checkpoint import list_checkpoints, read_manifest
+from kinetix.engine.datamodule import ResumableSampler
 
 SCRIPT = Path(__file__).parent / "train_script.py"
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,9 +69,72 @@ def test_ddp_two_processes_gloo_ranks_agree(tmp_path, data_dir):
         assert not a & b and len(a | b) == 12
     assert r0["step"] == 2 * 3  # 6 samples per rank / batch 2 = 3 steps per epoch
     # the checkpoint written by rank 0 holds those weights
-    from kinetix.engine.checkpoint import list_checkpoints
-
     assert list_checkpoints(tmp_path / "runs" / "tiny")[-1].name == "step-00000006"
+
+
+def _with_bad_files(data_dir, tmp_path, split, positions) -> tuple[Path, list[str]]:
+    """A copy of ``split``'s annotation file whose videos at ``positions`` are replaced by unreadable
+    files (random bytes; an mp4 cut to a third); returns the file and the bad paths."""
+    lines, bad = [], []
+    for k, line in enumerate((data_dir / f"{split}.txt").read_text().splitlines()):
+        rel, label = line.rsplit(None, 1)
+        path = data_dir / rel
+        if k in positions:
+            data = path.read_bytes()
+            path = tmp_path / f"bad-{split}-{k}.mp4"
+            path.write_bytes(data[: len(data) // 3] if len(bad) % 2 else os.urandom(2000))
+            bad.append(str(path))
+        lines.append(f"{path} {label}\n")
+    ann = tmp_path / f"{split}.txt"
+    ann.write_text("".join(lines))
+    return ann, sorted(bad)
+
+
+def _ddp_with_bad_files(tmp_path, data_dir, max_bad_fraction):
+    """2 ranks, 1 epoch: one bad training video in each rank's share of epoch 0, one bad
+    validation video in each rank's share (ranks take every other one)."""
+    first = [ResumableSampler(12, shuffle=True, seed=0, rank=r, world_size=2).order(0)[0] for r in (0, 1)]
+    train_ann, bad_train = _with_bad_files(data_dir, tmp_path, "train", first)
+    val_ann, bad_val = _with_bad_files(data_dir, tmp_path, "val", [0, 1])
+    cfg = tmp_path / "cfg.yaml"
+    data = dict(
+        batch_size=2, train_ann=str(train_ann), val_ann=str(val_ann), max_bad_fraction=max_bad_fraction
+    )
+    data["classes"] = str(data_dir / "classes.txt")
+    cfg.write_text(tiny.config_text(data_dir, tmp_path / "runs", train={"epochs": 1}, data=data))
+    overrides = ["--set", "train.devices=2", "train.strategy=ddp", "train.accelerator=cpu"]
+    proc = subprocess.run(
+        _cmd(cfg, tmp_path / "out", *overrides),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp_path,
+    )
+    return proc, bad_train, bad_val
+
+
+def test_ddp_bad_samples_counted_over_all_ranks(tmp_path, data_dir):
+    """Each rank meets other unreadable files; the manifest and every rank's counts (the printed
+    summary's) hold the whole split's: 2 of 12 training and 2 of 6 validation videos."""
+    proc, bad_train, bad_val = _ddp_with_bad_files(tmp_path, data_dir, 0.4)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = read_manifest(list_checkpoints(tmp_path / "runs" / "tiny")[-1])
+    assert manifest["bad_samples"] == {"train": 2, "val": 2}
+    for rank in (0, 1):
+        r = json.loads((tmp_path / "out" / f"rank{rank}.json").read_text())
+        assert r["bad_samples"] == {"train": 2, "val": 2, "test": 0}
+        assert r["bad_files"] == {"train": bad_train, "val": bad_val}
+
+
+@pytest.mark.slow
+def test_ddp_bad_fraction_checked_on_the_whole_split(tmp_path, data_dir):
+    """1 of the 3 validation videos of each rank is unreadable (1/6 of the split: under a 25% limit),
+    2 of the 6 of the split (33%: over it): the run stops, naming both files."""
+    proc, _, bad_val = _ddp_with_bad_files(tmp_path, data_dir, 0.25)
+    assert proc.returncode != 0
+    assert "2 of 6 samples are unreadable" in proc.stderr and "max_bad_fraction=0.25" in proc.stderr
+    assert all(p in proc.stderr for p in bad_val)
 
 
 def _final_weights(run_dir):

@@ -4,7 +4,8 @@ usage: python train_script.py CONFIG OUT_DIR [--resume CKPT] [--sleep SECONDS] [
 
 Registers ``engine_tiny``, trains with :func:`kinetix.engine.run.fit` (Lightning re-launches this
 script for each DDP rank), and writes ``OUT_DIR/rank<R>.json``: a SHA-256 of the final weights and
-the sample indices this rank trained on.
+the sample indices this rank trained on, and the unreadable samples this rank's tracker counts
+(per split, with their files).
 """
 
 import argparse
@@ -20,6 +21,7 @@ import tiny  # noqa: F401
 
 from kinetix.config import load_config
 from kinetix.engine import run
+from kinetix.engine.badsamples import BadSampleTracker
 
 
 class Record(pl.Callback):
@@ -43,6 +45,7 @@ def main():
     rec = Record(a.sleep)
     res = run.fit(cfg, resume=a.resume, callbacks=[rec])
     trainer, module = res["trainer"], res["module"]
+    tracker = next(c for c in trainer.callbacks if isinstance(c, BadSampleTracker))
     h = hashlib.sha256()
     for k, v in sorted(module.state_dict().items()):
         h.update(k.encode())
@@ -55,6 +58,8 @@ def main():
                 "seen": rec.seen,
                 "world_size": trainer.world_size,
                 "step": trainer.global_step,
+                "bad_samples": tracker.counts(),
+                "bad_files": {s: tracker.paths(trainer, s) for s in ("train", "val")},
             }
         )
     )
