@@ -16,15 +16,18 @@ def register(sub) -> None:
             "Explain a trained model's prediction on one video: the frames of its test view (one clip, "
             "centre crop) with a heat map per frame, written as DIR/<video>_<method>.mp4 (input | "
             "overlays, label and score drawn) and DIR/<video>_<method>.png (rows: maps, columns: "
-            "frames). Methods: gradcam (TSN, TSM, GSM, SIFA-Net), attention and rollout (TimeSformer, "
-            "ViViT, VideoMAE; models without a CLS token get the mean attention), offsets (SIFA-Net's "
-            "learned offsets), tokens (EVAD's kept tokens). The default is the model's first method.",
+            "frames). Methods: gradcam (TSN, TSM, GSM, SIFA-Net on ResNet, BN-Inception, Inception-v3 or "
+            "MobileNetV2; Swin and SIFA-Transformer: the map the global pool reads), attention and "
+            "rollout (TimeSformer, ViViT, VideoMAE; models without a CLS token get the mean attention), "
+            "offsets (SIFA's learned offsets), tokens (EVAD's kept tokens). The default is the model's "
+            "first method; a method that does not apply is refused with the reason.",
             88,
         ),
         epilog="examples:\n"
         "  kinetix explain clip.mp4 --checkpoint demo_out/runs/test_tsm/checkpoints/best --out explain_out\n"
         "  kinetix explain clip.mp4 --checkpoint runs/timesformer/checkpoints/best --method rollout --out maps\n"
-        "  kinetix explain clip.mp4 --model test_tsm --checkpoint tsm.safetensors --class growing --out maps",
+        "  kinetix explain clip.mp4 --model test_tsm --checkpoint tsm.safetensors --class growing --out maps\n"
+        "  kinetix explain clip.mp4 --model gsm_inceptionv3 --checkpoint gsm_incv3_ssv1.pth --out maps",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("video", type=Path, metavar="VIDEO", help="video file (or frame folder)")

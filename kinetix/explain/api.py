@@ -4,7 +4,9 @@
 reads the video's test view with the same function as ``kinetix test`` / ``predict`` (one clip,
 centre crop), and computes the maps of one method (:data:`METHODS`):
 
-* ``gradcam`` — TSN / TSM / GSM / SIFA-Net (:mod:`.gradcam`), per frame;
+* ``gradcam`` — TSN / TSM / GSM / SIFA-Net on every backbone (ResNet, BN-Inception, Inception-v3,
+  MobileNetV2) and Swin / SIFA-Transformer (:mod:`.gradcam`), per frame, on the map the global
+  pool reads;
 * ``attention`` — TimeSformer / ViViT / VideoMAE, the last block's attention per stage
   (:func:`.attention.attention_maps`: CLS-to-patch where there is a CLS token, mean attention
   received otherwise — VideoMAE, ViViT Models 3/4);
@@ -38,12 +40,13 @@ from kinetix.engine.detection import keyframe_clip, load_detector
 from kinetix.engine.task import model_from_checkpoint
 from kinetix.errors import ConfigError, VideoDecodeError
 from kinetix.models import create_model
+from kinetix.models.swin import InterFrameResidual, SwinTransformer
 from kinetix.models.timesformer import TimeSformer
 from kinetix.models.videomae import VideoMAE
 from kinetix.models.vivit import ViViT
 
 from . import attention as attn_maps
-from .gradcam import gradcam, gradcam_layers
+from .gradcam import POOL_INPUT, gradcam, gradcam_layers
 from .offsets import offset_blocks, offset_field
 from .render import blend, colourise, flow_colours, grid_image, label_frames, save_png, upscale
 
@@ -139,7 +142,11 @@ def explain_clip(model: nn.Module, clip: torch.Tensor, method: str, target=None)
     x = clip[None]
     if method == "gradcam":
         cam, logits, layers = gradcam(model, x, target)
-        return {"Grad-CAM": cam[0]}, {}, logits[0], f"Grad-CAM on {' + '.join(layers)}, per frame"
+        where = " + ".join(layers) + (
+            " (the global pool's input)" if layers[0] in POOL_INPUT.values() else ""
+        )
+        step = "frame" if cam.shape[1] == clip.shape[1] else f"{clip.shape[1] // cam.shape[1]}-frame step"
+        return {"Grad-CAM": cam[0]}, {}, logits[0], f"Grad-CAM on {where}, per {step}"
     if method in ("attention", "rollout"):
         logits, log, grid = attn_maps.record(model, x)
         cls = attn_maps.has_cls(model)
@@ -161,14 +168,50 @@ def explain_clip(model: nn.Module, clip: torch.Tensor, method: str, target=None)
     raise ConfigError(f"unknown method {method!r}; one of {', '.join(METHODS)}")
 
 
+def _why_not(model: nn.Module, method: str) -> str:
+    """Why ``method`` does not apply to ``model`` (the first half of the refusal message)."""
+    if method == "gradcam":
+        if isinstance(model, EVAD):
+            return "EVAD is a detector: Grad-CAM needs one class score per clip"
+        if isinstance(model, (TimeSformer, ViViT)):
+            return ("it classifies from its CLS token, so the last layer's patch tokens get no "
+                    "gradient and there is no pooled map for Grad-CAM to weight")  # fmt: skip
+        if isinstance(model, VideoMAE):
+            return ("Grad-CAM is implemented for pooled CNN / Swin feature maps, not VideoMAE's tokens; "
+                    "its attention maps show the mean attention each token receives, what its mean pooling reads")  # fmt: skip
+    if method in ("attention", "rollout"):
+        if isinstance(model, SwinTransformer):
+            return ("it attends only inside shifted local windows, which kinetix does not turn into "
+                    "attention maps")  # fmt: skip
+        if isinstance(model, EVAD):
+            return "EVAD drops tokens between blocks, so there is no attention over the whole token grid"
+        if gradcam_layers(model):
+            return "it is a convolutional network: there is no attention to show"
+    if method == "offsets":
+        if any(isinstance(m, InterFrameResidual) for m in model.modules()):
+            return ("it was built with fixed zero SIFA offsets (sifa_offsets='zero', as released): "
+                    "there is no learned field; build it with sifa_offsets='learned' to learn one")  # fmt: skip
+        return ("it has no SIFA block with learned offsets (only SIFA-Net and SIFA-Transformer "
+                "built with sifa_offsets='learned' have one)")  # fmt: skip
+    if method == "tokens":
+        return "tokens shows EVAD's keyframe-centric token pruning; this model prunes no tokens"
+    return "not implemented for this model"
+
+
 def _check_method(model: nn.Module, method: str | None) -> str:
     allowed = methods_for(model)
     if not allowed:
-        raise ConfigError(f"kinetix explain does not support {type(model).__name__} models")
+        raise ConfigError(
+            f"kinetix explain has no method for {type(model).__name__} models: it explains TSN/TSM/GSM/"
+            "SIFA-Net/Swin (gradcam), TimeSformer/ViViT/VideoMAE (attention, rollout) and EVAD (tokens)"
+        )
     method = method or allowed[0]
+    if method not in METHODS:
+        raise ConfigError(f"unknown method {method!r}; one of {', '.join(METHODS)}")
     if method not in allowed:
         raise ConfigError(
-            f"method {method!r} does not apply to {type(model).__name__}; use one of: {', '.join(allowed)}"
+            f"--method {method} does not apply to {type(model).__name__}: {_why_not(model, method)}; "
+            f"use --method {' or '.join(allowed)}"
         )
     return method
 

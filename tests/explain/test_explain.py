@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import save_file
 
 from kinetix.data.io import VideoReader
-from kinetix.data.synthetic import generate_temporal, load_temporal_mask
+from kinetix.data.synthetic import load_temporal_mask
 from kinetix.engine.datamodule import resolve_data_settings
 from kinetix.errors import ConfigError
 from kinetix.explain import (
@@ -184,20 +184,14 @@ def test_rollout_equals_brute_force_product_divided_timesformer(randomize):
 
 
 # ---------------------------------------------------------------------------------- real videos
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory):
-    out = tmp_path_factory.mktemp("synth")
-    generate_temporal(out, num_videos=6, size=32, fps=8, seconds=2.0, seed=0,
-                      classes=["growing", "shrinking", "moving left"])  # fmt: skip
-    return out
-
-
 @pytest.mark.parametrize(
     "name, kwargs",
     [
         ("test_tsm", {}),
         ("test_sifa", {}),
         ("test_sifa_swin", {"sifa_offsets": "learned"}),
+        ("test_gsm_inceptionv3", {}),
+        ("test_swin", {}),
         ("test_timesformer", {}),
         ("test_vivit", {"model": 2}),
         ("test_videomae", {}),
@@ -223,8 +217,10 @@ def test_explain_every_family_on_a_real_mp4(randomize, synth, tmp_path, name, kw
             explain_video(model, video, settings, "offsets")
     if name == "test_sifa_swin":  # learned offsets are shown; the released zero offsets have none
         assert expl.maps["offsets"].max() > 0
-        with pytest.raises(ConfigError, match="does not support"):
-            explain_video(create_model(name), video, settings)
+        released = create_model(name)
+        assert methods_for(released) == ("gradcam",)
+        with pytest.raises(ConfigError, match=r"fixed zero SIFA offsets.*use --method gradcam"):
+            explain_video(released, video, settings, "offsets")
 
 
 def test_model_input_is_shown_and_masks_line_up(synth):
