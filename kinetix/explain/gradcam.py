@@ -68,12 +68,10 @@ def split_at_pool(model: nn.Module, clip: torch.Tensor):
     B = clip.shape[0]
     if isinstance(model, Recognizer2D):
         fmap = model.backbone.forward_features(fold_time(clip, model.channels_last))  # (B*T', K, h, w)
-        feats = fmap.mean((2, 3)).view(B, -1, model.num_features)  # (B, T', K), Recognizer2D.forward_features
-        return fmap, None, model.forward_head(feats)
+        return fmap, None, model.forward_head(model.pool(fmap, B))
     if isinstance(model, SwinTransformer):
         tokens, (t, h, w) = model.forward_tokens(clip)  # (B*T', h*w, K)
-        feats = tokens.mean(1).view(B, t, -1)  # (B, T', K), SwinTransformer.forward_features
-        return tokens, (h, w), model.forward_head(feats)
+        return tokens, (h, w), model.forward_head(model.pool(tokens, B, t))
     return None, None, model(clip)
 
 

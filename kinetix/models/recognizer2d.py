@@ -85,9 +85,12 @@ class Recognizer2D(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, T, H, W) -> (B, T', D)`` pooled per-frame features."""
-        b = x.shape[0]
         feats = self.backbone.forward_features(fold_time(x, self.channels_last))  # (B*T', D, h, w)
-        return feats.mean((2, 3)).view(b, -1, self.num_features)
+        return self.pool(feats, x.shape[0])
+
+    def pool(self, maps: torch.Tensor, batch: int) -> torch.Tensor:
+        """Global average pool of the backbone's maps: ``(B*T', D, h, w) -> (B, T', D)``."""
+        return maps.mean((2, 3)).view(batch, -1, self.num_features)
 
     def forward_frames(self, x: torch.Tensor) -> torch.Tensor:
         """Per-frame logits before the consensus: ``(B, C, T, H, W) -> (B, T', num_classes)``."""

@@ -500,9 +500,12 @@ class SwinTransformer(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``-> (B, T', D)``: token-averaged features of every step."""
-        B = x.shape[0]
-        x, (t, _, _) = self.forward_tokens(x)
-        return x.mean(1).view(B, t, -1)
+        tokens, (t, _, _) = self.forward_tokens(x)
+        return self.pool(tokens, x.shape[0], t)
+
+    def pool(self, tokens: torch.Tensor, batch: int, steps: int) -> torch.Tensor:
+        """Token average of every step: ``(B*T', h*w, D) -> (B, T', D)``."""
+        return tokens.mean(1).view(batch, steps, -1)
 
     def forward_head(self, feats: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """``(B, T', D) -> (B, num_classes)``: dropout, classifier, average over the steps."""
