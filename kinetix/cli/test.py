@@ -75,7 +75,9 @@ def run(args) -> int:
     cfg.train.progress_bar = False
     res = test(cfg, args.checkpoint, args.out, **inference_option(args))
     if "mAP" in res:  # detection task: frame-mAP@0.5 (AVA protocol)
-        print(f"frame-mAP@0.5: {res['mAP']:.2f}%  ({res['protocol']} protocol)")
+        print(
+            f"frame-mAP@0.5: {res['mAP']:.2f}%  ({res['protocol']} protocol; inference: {', '.join(res['inference'])})"
+        )
         _print_skipped(res, "keyframes")
         for cls, (name, ap) in sorted(res["per_class"].items()):
             print(f"  {cls:>3} {name:<28} AP {'n/a (not in the ground truth)' if ap != ap else f'{ap:.2f}%'}")

@@ -36,6 +36,7 @@ from kinetix.data.sampling import keyframe_indices
 from kinetix.data.transforms import detection_transform
 from kinetix.detection import ava
 from kinetix.errors import ConfigError, DatasetError
+from kinetix.utils.inference import fast_inference
 from kinetix.utils.state_dict import atomic_paths
 
 from .badsamples import BadSampleTracker
@@ -228,20 +229,20 @@ def build(cfg, stage: str = "fit", checkpoint=None):
     return module, dm
 
 
-def evaluate(cfg, checkpoint, out_dir, *, trainer_kwargs=None, inference=None) -> dict:
+def evaluate(cfg, checkpoint, out_dir, *, trainer_kwargs=None, inference=fast_inference) -> dict:
     """Frame-mAP@0.5 of a checkpoint on the test (or val) split: writes ``predictions.csv`` (AVA
     format) and reports :func:`kinetix.detection.ava.evaluate` of it against the annotations, with
     ``per_class.csv`` and ``metrics.json`` in ``out_dir``. ``per_class`` maps each label-map id to
-    ``(name, AP percent)``. The detector runs in eager PyTorch: ``inference`` (another inference
-    path) is refused."""
-    if inference is not None:
-        raise ConfigError(
-            "an inference backend applies to recognition checkpoints; EVAD is evaluated in eager "
-            "PyTorch (its RoI pooling and variable number of detections do not export): drop --backend"
-        )
+    ``(name, AP percent)``. ``inference(model) -> module`` is the inference path the detector runs
+    through (default :func:`~kinetix.utils.inference.fast_inference`: eager vs oneDNN, measured on
+    the first batch, the detections compared; EVAD does not export, so onnxruntime is refused)."""
     ex = extra_settings(cfg)
     module, dm = build(cfg, "test", checkpoint=checkpoint)
     load_weights(module, checkpoint)
+    if module.ema is not None:  # the scored model: the EMA weights where there are any
+        scored = module.ema.module = inference(module.ema.module)
+    else:  # ``net`` lives outside the module tree (see TaskModule)
+        scored = module.__dict__["net"] = inference(module.net)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tracker = BadSampleTracker(cfg.data.max_bad_fraction)
@@ -268,6 +269,7 @@ def evaluate(cfg, checkpoint, out_dir, *, trainer_kwargs=None, inference=None) -
             ann, predictions, labels, exclusions=exclusions, protocol=ex["protocol"], capacity=ex["capacity"]
         )
         res.update(protocol=ex["protocol"], checkpoint=str(checkpoint), report_dir=str(out_dir))
+        res.update(inference=scored.used() if hasattr(scored, "used") else [type(scored).__name__])
         res.update(skipped=len(skipped), skipped_videos=sorted(set(tracker.paths(trainer, "test"))))
         lines = ["class_id,name,ap"] + [f"{c},{name},{ap:.4f}" for c, (name, ap) in res["per_class"].items()]
         per_class.write_text("\n".join(lines) + "\n")

@@ -27,6 +27,7 @@ The engine's ``test`` / ``predict`` paths use :func:`fast_inference` (``auto`` o
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import statistics
 import time
@@ -273,8 +274,7 @@ class InferenceModel(nn.Module):
                 mods[n] = self.candidate(n, x)
             except KinetixError as e:  # e.g. a graph that cannot be exported: not a candidate
                 self.skipped[n] = str(e)
-        ref = self.model(x)
-        tol = self.rtol * max(float(ref.abs().max()), 1e-6) if torch.is_tensor(ref) else 0.0
+        ref, tol = self.model(x), self.rtol
         if _signature(x)[2] is not None:  # autocast: accept what is no further from fp32 than eager is
             with torch.autocast(x.device.type, enabled=False):
                 exact = self.model(x.float())
@@ -319,11 +319,38 @@ def _signature(x: torch.Tensor) -> tuple:
     return (tuple(x.shape), x.dtype, amp)
 
 
+def _leaves(out) -> list:
+    """The values of an output in order: a tensor, or lists / tuples / dicts / dataclasses of them
+    (e.g. a detector's per-clip :class:`~kinetix.detection.evad.DetectionOutput` list)."""
+    if dataclasses.is_dataclass(out) and not isinstance(out, type):
+        out = [getattr(out, f.name) for f in dataclasses.fields(out)]
+    elif isinstance(out, dict):
+        out = [*out.keys(), *out.values()]
+    if isinstance(out, list | tuple):
+        return [leaf for o in out for leaf in _leaves(o)]
+    return [out]
+
+
 def _distance(out, ref) -> float:
-    """max |out - ref| (``inf`` for outputs that are not comparable tensors)."""
-    if not (torch.is_tensor(out) and torch.is_tensor(ref)) or out.shape != ref.shape:
+    """How far ``out`` is from ``ref``: the largest ``max |out - ref|`` of their floating-point
+    tensors, each relative to its own scale (``max |ref|``); ``inf`` where the structure, a shape
+    or any other value (integer labels, counts) differs."""
+    a, b = _leaves(out), _leaves(ref)
+    if len(a) != len(b):
         return float("inf")
-    return float((out.float() - ref.float()).abs().max())
+    d = 0.0
+    for x, y in zip(a, b):
+        if not (torch.is_tensor(x) and torch.is_tensor(y)):
+            if torch.is_tensor(x) or torch.is_tensor(y) or x != y:
+                return float("inf")
+        elif x.shape != y.shape or x.is_floating_point() != y.is_floating_point():
+            return float("inf")
+        elif not x.is_floating_point():
+            if not torch.equal(x, y):
+                return float("inf")
+        elif x.numel():
+            d = max(d, float((x.float() - y.float()).abs().max()) / max(float(y.float().abs().max()), 1e-6))
+    return d
 
 
 def fast_inference(

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 import kinetix.layers.attention as attention_module
 import kinetix.utils.inference as inference_module
 from kinetix.deploy import FastLinear, InferenceModel, onednn_copy, optimize_for_inference
+from kinetix.detection.evad import DetectionOutput
 from kinetix.errors import ConfigError
 from kinetix.models import create_model
 from kinetix.utils.inference import fast_inference, onednn_sdpa, onednn_sdpa_applies
@@ -174,6 +175,35 @@ def test_long_sequence_attention_and_patch_embedding_run_on_onednn(name, kwargs,
     assert "_fast" not in model.patch_embed.__dict__
     assert fast.state_dict().keys() == model.state_dict().keys()
     assert (out - ref).abs().max() <= RTOL * ref.abs().max()
+
+
+def test_structured_outputs_are_compared_leaf_by_leaf():
+    """A detector's outputs (lists of dataclasses of tensors): each float tensor relative to its own
+    scale; a different label, count or structure is never 'close'."""
+    a = [
+        DetectionOutput(
+            torch.tensor([[0.0, 0, 100, 50]]), torch.tensor([0.9]), torch.tensor([2]), torch.rand(1, 4)
+        )
+    ]
+    b = [DetectionOutput(a[0].boxes + 0.01, a[0].scores, a[0].labels, a[0].action_scores)]
+    assert inference_module._distance(a, a) == 0
+    assert inference_module._distance(b, a) == pytest.approx(1e-4, rel=1e-3)  # 0.01 px on a 100 px scale
+    relabelled = [DetectionOutput(a[0].boxes, a[0].scores, torch.tensor([1]), a[0].action_scores)]
+    assert inference_module._distance(relabelled, a) == float("inf")
+    assert inference_module._distance(a + a, a) == float("inf")
+    assert inference_module._distance(a[0].boxes, a) == float("inf")
+
+
+def test_detector_runs_through_the_measured_inference_path(randomize):
+    """EVAD (what detection ``kinetix test`` scores through): the oneDNN copy's detections match
+    eager's, so ``auto`` times it as a candidate; the result equals eager's within rounding."""
+    model = create_model("test_evad").eval()
+    opt = fast_inference(model)
+    x = _clip(model)
+    with torch.inference_mode():
+        ref, out = model(x), opt(x)
+    assert set(opt.timings[(tuple(x.shape), x.dtype, None)]) == {"eager", "onednn"}
+    assert inference_module._distance(out, ref) <= RTOL
 
 
 def test_onednn_copy_still_trains_like_the_original(randomize):

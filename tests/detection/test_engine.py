@@ -70,6 +70,10 @@ def test_train_evaluate_detect(synth, trained, tmp_path, capsys):
     )
     out = capsys.readouterr().out
     assert f"frame-mAP@0.5: {metrics['mAP']:.2f}%" in out and "CKPT" not in out
+    used = json.loads((tmp_path / "e2" / "metrics.json").read_text())[
+        "inference"
+    ]  # measured, detections compared
+    assert set(used) <= {"eager", "onednn"} and f"inference: {', '.join(used)})" in out
     names = ava.read_label_map(synth / "annotations/label_map.pbtxt")
     assert all(name in out for name in names.values()) and str(tmp_path / "e2") in out
     video = next((synth / "videos").glob("*.mp4"))
