@@ -143,16 +143,24 @@ def image_vit_state_dict(state_dict_or_path) -> dict[str, torch.Tensor]:
         sd = read_state_dict(state_dict_or_path)
     else:
         sd = dict(state_dict_or_path)
+    source = state_dict_or_path if isinstance(state_dict_or_path, (str, Path)) else "state dict"
     sd = strip_prefix(sd, "module.", "model.")
-    if any("/" in k for k in sd):
-        sd = _jax_vit_to_timm(strip_prefix(sd, "params/", "optimizer/target/"))
-    elif any(k.removeprefix("vit.").startswith(("embeddings.", "layers.", "encoder.layer.")) for k in sd):
-        sd = _hf_vit_to_timm(sd)
+    try:
+        if any("/" in k for k in sd):
+            sd = _jax_vit_to_timm(strip_prefix(sd, "params/", "optimizer/target/"))
+        elif any(k.removeprefix("vit.").startswith(("embeddings.", "layers.", "encoder.layer.")) for k in sd):
+            sd = _hf_vit_to_timm(sd)
+    except (KeyError, IndexError, ValueError, RuntimeError) as e:  # a name or shape of another layout
+        raise CheckpointError(
+            f"{source}: not an image ViT this reader knows ({type(e).__name__}: {e}); expected the "
+            "big_vision / vit_jax ViT .npz (Transformer/encoderblock_N/{LayerNorm_0, "
+            "MultiHeadDotProductAttention_1, LayerNorm_2, MlpBlock_3}), Hugging Face ViT or timm weights. "
+            "A ViViT scenic checkpoint is loaded with create_model(NAME, checkpoint=FILE) instead"
+        ) from None
     if "patch_embed.proj.weight" not in sd or "blocks.0.attn.qkv.weight" not in sd:
         raise CheckpointError(
-            f"{state_dict_or_path if isinstance(state_dict_or_path, (str, Path)) else 'state dict'}: "
-            "not an image ViT (expected timm, Hugging Face ViT or JAX ViT weights with a patch embedding "
-            "and transformer blocks)"
+            f"{source}: not an image ViT (expected timm, Hugging Face ViT or JAX ViT weights with a patch "
+            "embedding and transformer blocks)"
         )
     return sd
 

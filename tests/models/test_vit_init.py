@@ -195,3 +195,15 @@ def test_bad_image_weights_are_clear_errors():
         init_from_image_vit(create_model("test_vivit", embed_dim=64), wide)
     with pytest.raises(CheckpointError, match="fewer"):
         init_from_image_vit(_vivit(1, depth=3), wide)
+
+
+def test_unknown_jax_layout_is_a_checkpoint_error(tmp_path):
+    """A .npz whose block names the vit_jax reader does not know (here a renamed MLP) is refused with
+    the file, what was expected and where such files go — not a bare KeyError."""
+    jax = _to_jax(RefViT(cls=True).state_dict())
+    renamed = {k.replace("MlpBlock_3/Dense_0", "MlpBlock_3/Dense_9"): v for k, v in jax.items()}
+    np.savez(tmp_path / "odd.npz", **renamed)
+    with pytest.raises(
+        CheckpointError, match=r"odd\.npz: not an image ViT this reader knows.*encoderblock_N"
+    ):
+        init_from_image_vit(_vivit(1, num_frames=4), tmp_path / "odd.npz")
