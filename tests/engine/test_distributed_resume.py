@@ -23,13 +23,6 @@ SCRIPT = Path(__file__).parent / "train_script.py"
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("mp4")
-    tiny.make_mp4_dataset(out)
-    return out
-
-
 def _env():
     env = {
         k: v
@@ -44,11 +37,10 @@ def _cmd(cfg, out, *extra):
     return [sys.executable, str(SCRIPT), str(cfg), str(out), *extra]
 
 
-def test_ddp_two_processes_gloo_ranks_agree(tmp_path, data_dir):
-    cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(tiny.config_text(data_dir, tmp_path / "runs", train={"epochs": 2}, data={"batch_size": 2}))
+def _run_two_ranks(cfg, tmp_path) -> subprocess.CompletedProcess:
+    """``train_script.py`` on ``cfg`` as 2 DDP processes (gloo on CPU); reports in ``tmp_path/out``."""
     overrides = ["--set", "train.devices=2", "train.strategy=ddp", "train.accelerator=cpu"]
-    proc = subprocess.run(
+    return subprocess.run(
         _cmd(cfg, tmp_path / "out", *overrides),
         env=_env(),
         capture_output=True,
@@ -56,6 +48,12 @@ def test_ddp_two_processes_gloo_ranks_agree(tmp_path, data_dir):
         timeout=240,
         cwd=tmp_path,
     )
+
+
+def test_ddp_two_processes_gloo_ranks_agree(tmp_path, data_dir):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(tiny.config_text(data_dir, tmp_path / "runs", train={"epochs": 2}, data={"batch_size": 2}))
+    proc = _run_two_ranks(cfg, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0 = json.loads((tmp_path / "out" / "rank0.json").read_text())
     r1 = json.loads((tmp_path / "out" / "rank1.json").read_text())
@@ -102,16 +100,7 @@ def _ddp_with_bad_files(tmp_path, data_dir, max_bad_fraction):
     )
     data["classes"] = str(data_dir / "classes.txt")
     cfg.write_text(tiny.config_text(data_dir, tmp_path / "runs", train={"epochs": 1}, data=data))
-    overrides = ["--set", "train.devices=2", "train.strategy=ddp", "train.accelerator=cpu"]
-    proc = subprocess.run(
-        _cmd(cfg, tmp_path / "out", *overrides),
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=240,
-        cwd=tmp_path,
-    )
-    return proc, bad_train, bad_val
+    return _run_two_ranks(cfg, tmp_path), bad_train, bad_val
 
 
 def test_ddp_bad_samples_counted_over_all_ranks(tmp_path, data_dir):

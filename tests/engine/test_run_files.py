@@ -21,18 +21,6 @@ from kinetix.errors import DatasetError
 from kinetix.utils.state_dict import atomic_paths
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("mp4")
-    tiny.make_mp4_dataset(out)
-    return out
-
-
-@pytest.fixture(autouse=True)
-def _fresh_run_dir_env(monkeypatch):
-    monkeypatch.delenv("KINETIX_RUN_DIR", raising=False)
-
-
 def _cfg(tmp_path, data_dir, overrides=(), **sections):
     p = tmp_path / "cfg.yaml"
     p.write_text(tiny.config_text(data_dir, tmp_path / "runs", **sections))

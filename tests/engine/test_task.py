@@ -18,18 +18,6 @@ from kinetix.errors import ConfigError
 from kinetix.models import create_model
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("mp4")
-    tiny.make_mp4_dataset(out)
-    return out
-
-
-@pytest.fixture(autouse=True)
-def _fresh_run_dir_env(monkeypatch):
-    monkeypatch.delenv("KINETIX_RUN_DIR", raising=False)
-
-
 def _cfg(tmp_path, data_dir, overrides=()):
     p = tmp_path / "cfg.yaml"
     p.write_text(tiny.config_text(data_dir, tmp_path / "runs", train={"epochs": 1}))

@@ -23,23 +23,11 @@ from kinetix.layers.token_pruning import pruning_blocks, scheduled_keep_rate
 from kinetix.models import create_model
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("mp4")
-    tiny.make_mp4_dataset(out)
-    return out
-
-
 def _cfg(tmp_path, data_dir, overrides=(), **sections):
     tmp_path.mkdir(parents=True, exist_ok=True)
     p = tmp_path / "cfg.yaml"
     p.write_text(tiny.config_text(data_dir, tmp_path / "runs", **sections))
     return load_config(p, overrides)
-
-
-@pytest.fixture(autouse=True)
-def _fresh_run_dir_env(monkeypatch):
-    monkeypatch.delenv("KINETIX_RUN_DIR", raising=False)
 
 
 def test_fit_writes_checkpoints_manifest_and_config(tmp_path, data_dir):
