@@ -157,10 +157,7 @@ def evaluate(cfg, checkpoint, out_dir, *, trainer_kwargs=None, inference=fast_in
     --backend`` passes :func:`kinetix.deploy.optimize_for_inference` with onnxruntime)."""
     module, dm = build(cfg, "test", checkpoint=checkpoint)
     load_weights(module, checkpoint)
-    if module.ema is not None:  # the scored model: the EMA weights where there are any
-        scored = module.ema.module = inference(module.ema.module)
-    else:  # ``net`` lives outside the module tree (see ClassificationModule)
-        scored = module.__dict__["net"] = inference(module.net)
+    backends = module.run_eval_model_through(inference)  # the EMA weights where there are any
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = resolve_data_settings(module.model.pretrained_cfg, cfg.data, cfg.eval)
@@ -189,7 +186,7 @@ def evaluate(cfg, checkpoint, out_dir, *, trainer_kwargs=None, inference=fast_in
         reverse_frames=cfg.eval.reverse_frames,
         checkpoint=str(checkpoint),
         report_dir=str(out_dir),
-        inference=scored.used() if hasattr(scored, "used") else [type(scored).__name__],
+        inference=backends(),
     )
     if trainer.is_global_zero:  # all reports replaced together, or none (never two runs' mix)
         names = ("metrics.json", "per_class.csv", "confusion.png", "predictions.jsonl")

@@ -239,10 +239,7 @@ def evaluate(cfg, checkpoint, out_dir, *, trainer_kwargs=None, inference=fast_in
     ex = extra_settings(cfg)
     module, dm = build(cfg, "test", checkpoint=checkpoint)
     load_weights(module, checkpoint)
-    if module.ema is not None:  # the scored model: the EMA weights where there are any
-        scored = module.ema.module = inference(module.ema.module)
-    else:  # ``net`` lives outside the module tree (see TaskModule)
-        scored = module.__dict__["net"] = inference(module.net)
+    backends = module.run_eval_model_through(inference)  # the EMA weights where there are any
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tracker = BadSampleTracker(cfg.data.max_bad_fraction)
@@ -269,7 +266,7 @@ def evaluate(cfg, checkpoint, out_dir, *, trainer_kwargs=None, inference=fast_in
             ann, predictions, labels, exclusions=exclusions, protocol=ex["protocol"], capacity=ex["capacity"]
         )
         res.update(protocol=ex["protocol"], checkpoint=str(checkpoint), report_dir=str(out_dir))
-        res.update(inference=scored.used() if hasattr(scored, "used") else [type(scored).__name__])
+        res.update(inference=backends())
         res.update(skipped=len(skipped), skipped_videos=sorted(set(tracker.paths(trainer, "test"))))
         lines = ["class_id,name,ap"] + [f"{c},{name},{ap:.4f}" for c, (name, ap) in res["per_class"].items()]
         per_class.write_text("\n".join(lines) + "\n")

@@ -27,6 +27,7 @@ from kinetix.config import config_from_dict, config_to_dict, config_to_yaml
 from kinetix.errors import CheckpointError, ConfigError, KinetixError
 from kinetix.layers.partial_bn import set_partial_bn
 from kinetix.models import create_model, load_checkpoint
+from kinetix.utils.inference import InferenceModel
 from kinetix.utils.state_dict import read_metadata_json, read_safetensors_metadata
 
 from .checkpoint import EMA_FILE, MODEL_FILE, list_checkpoints, read_manifest, resolve_checkpoint
@@ -120,6 +121,16 @@ class TaskModule(pl.LightningModule):
     def eval_model(self) -> nn.Module:
         """The weights evaluation uses: the EMA copy when ``train.ema``, else the model."""
         return self.ema.module if self.ema is not None else self.net
+
+    def run_eval_model_through(self, inference):
+        """Put :attr:`eval_model` behind ``inference(model) -> module`` (an inference path such as
+        :func:`~kinetix.utils.inference.fast_inference`); returns the backends it ran once the
+        evaluation is done (a callable: the choice is made on the first batch)."""
+        if self.ema is not None:
+            scored = self.ema.module = inference(self.ema.module)
+        else:  # ``net`` lives outside the module tree (see __init__)
+            scored = self.__dict__["net"] = inference(self.net)
+        return scored.used if isinstance(scored, InferenceModel) else lambda: [type(scored).__name__]
 
     def head_lr_mult(self) -> float:
         """LR multiplier of the head's parameters (``optim.head_lr_mult``; tasks may override)."""
