@@ -132,9 +132,8 @@ class FastLinear(nn.Linear):
             y = F.linear(x, self.weight, self.bias)
             return y if self.gelu is None else F.gelu(y, approximate=self.gelu)
         w, b = self.packed_weight(dt)
-        if self.gelu is None:
-            return torch.ops.mkldnn._linear_pointwise(x.to(dt), w, b, "none", [], "")
-        return torch.ops.mkldnn._linear_pointwise(x.to(dt), w, b, "gelu", [], self.gelu)
+        attr, algorithm = ("none", "") if self.gelu is None else ("gelu", self.gelu)
+        return torch.ops.mkldnn._linear_pointwise(x.to(dt), w, b, attr, [], algorithm)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + (f", gelu={self.gelu!r}" if self.gelu is not None else "")
